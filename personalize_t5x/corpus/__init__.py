@@ -1,0 +1,1 @@
+"""Corpus layer: the canonical Document record and readers of public formats."""

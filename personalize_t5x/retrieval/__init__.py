@@ -1,0 +1,1 @@
+"""Retrieval: text units, sparse and dense scoring, and the paper's rankers."""
