@@ -1,0 +1,30 @@
+"""`personalize-t5x eval-retrieval`: ROUGE of each ranker's text against the target."""
+from __future__ import annotations
+
+import argparse
+
+from personalize_t5x import feature_names
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--features-dir", required=True, help="output folder of `personalize-t5x features`")
+    parser.add_argument("--output-dir", required=True, help="where retrieval_rouge.{json,txt,png} go")
+    parser.add_argument("--splits", nargs="+", default=["validation", "test"], choices=feature_names.SPLITS)
+    parser.add_argument("--strategies", nargs="+", default=None, choices=feature_names.RANKING_STRATEGIES,
+                        help="default: those the features stage computed")
+    parser.add_argument("--max-examples", type=int, default=None, help="score the first N examples of each split")
+    parser.add_argument("--no-stemmer", action="store_true", help="ROUGE without Porter stemming")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from personalize_t5x import retrieval_eval
+
+    config = retrieval_eval.RetrievalEvalConfig(
+        splits=tuple(args.splits), strategies=tuple(args.strategies) if args.strategies else None,
+        max_examples=args.max_examples, use_stemmer=not args.no_stemmer)
+    results = retrieval_eval.evaluate_retrieval(features_dir=args.features_dir, config=config, progress=not args.no_progress)
+    paths = retrieval_eval.write_outputs(results, args.output_dir)
+    print(retrieval_eval.format_table(results))
+    print("wrote " + ", ".join(paths.values()))
+    return 0
