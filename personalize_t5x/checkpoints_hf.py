@@ -59,7 +59,7 @@ from typing import Any, Mapping
 
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy so bf16 safetensors load)
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 CONFIG_FILE = "config.json"
@@ -250,7 +250,7 @@ def _read_tensors(files: list[pathlib.Path]) -> dict[str, np.ndarray]:
             with safe_open(str(f), framework="np") as handle:
                 for key in handle.keys():
                     tensors[key] = np.asarray(handle.get_tensor(key))
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, SafetensorError) as exc:
             raise HFCheckpointError(f"{f}: cannot read as safetensors ({exc})") from None
     return tensors
 
