@@ -1,0 +1,83 @@
+"""`personalize-t5x features`: the Beam features stage (ranking features as TFRecords).
+
+Flags this command does not know are Beam pipeline options and go to PipelineOptions
+untouched (`--runner=DataflowRunner --project=... --region=...`, `--flink_master=...`),
+so any runner works without a code change. Without `--runner`, the DirectRunner runs
+with `--direct-num-workers` worker processes.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from typing import Any, Sequence
+
+from personalize_t5x import feature_names
+
+
+def _parse_args_forwarding_unknown(parser: argparse.ArgumentParser, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:
+    parsed, unknown = parser.parse_known_args(args, namespace)
+    parsed.beam_args = [*parsed.beam_args, *unknown]
+    return parsed
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--examples-dir", required=True, help="output folder of `personalize-t5x examples build`")
+    parser.add_argument("--output-dir", required=True, help="where the TFRecord shards, manifest and report go (local or any Beam filesystem)")
+    parser.add_argument("--strategies", nargs="+", default=list(feature_names.RANKING_STRATEGIES),
+                        choices=feature_names.RANKING_STRATEGIES, help="ranking strategies to compute (default: all)")
+    parser.add_argument("--splits", nargs="+", default=list(feature_names.SPLITS), choices=feature_names.SPLITS)
+    parser.add_argument("--encoder", default=None, help="sentence-transformers checkpoint folder (default: bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--encode-batch-size", type=int, default=64)
+    parser.add_argument("--max-chars", type=int, default=2500, help="length of each ranked text")
+    parser.add_argument("--snippet-chars", type=int, default=250)
+    parser.add_argument("--num-shards", type=int, default=None, help="shards per split (default: one per --examples-per-shard examples)")
+    parser.add_argument("--examples-per-shard", type=int, default=5000)
+    parser.add_argument("--runner", default=None, help="Beam runner (default DirectRunner); other Beam flags pass through")
+    parser.add_argument("--direct-num-workers", type=int, default=2)
+    parser.add_argument("--direct-running-mode", default="multi_processing", choices=("in_memory", "multi_threading", "multi_processing"))
+    parser.add_argument("--force", action="store_true", help="recompute even the splits the manifest marks finished")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("beam_args", nargs="*", help=argparse.SUPPRESS)
+    # Beam's flags are open-ended (each runner adds its own): keep unknown ones for
+    # PipelineOptions instead of rejecting them.
+    parser.parse_args = functools.partial(_parse_args_forwarding_unknown, parser)
+
+
+def format_summary(result: Any) -> str:
+    lines = [f"{'split':<11} {'status':<9} {'examples':>9} {'author pairs':>13} {'shards':>7}"]
+    for split, entry in sorted(result.manifest["splits"].items(), key=lambda kv: feature_names.SPLITS.index(kv[0])):
+        status = "computed" if split in result.computed_splits else "skipped"
+        shards = sum(1 for name in entry["files"] if name.startswith(f"{split}.tfrecord-"))
+        lines.append(f"{split:<11} {status:<9} {entry['examples']:>9} {entry['author_pairs']:>13} {shards:>7}")
+    if result.computed_splits:
+        lines.append("counters of this run:")
+        lines.extend(f"  {name}: {value}" for name, value in result.counters.items())
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from personalize_t5x import features
+    from personalize_t5x.retrieval import ranking
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    beam_args = list(getattr(args, "beam_args", []))
+    config = features.FeaturesConfig(
+        strategies=tuple(args.strategies),
+        ranking=ranking.RankingConfig(max_chars=args.max_chars, snippet_chars=args.snippet_chars),
+        encoder_path=args.encoder,
+        encode_batch_size=args.encode_batch_size,
+        splits=tuple(args.splits),
+        num_shards=args.num_shards,
+        examples_per_shard=args.examples_per_shard,
+        runner=args.runner or "DirectRunner",
+        direct_num_workers=args.direct_num_workers,
+        direct_running_mode=args.direct_running_mode,
+        pipeline_args=tuple(beam_args),
+    )
+    result = features.run_features(examples_dir=args.examples_dir, output_dir=args.output_dir, config=config,
+                                   force=args.force, progress=not args.no_progress)
+    print(format_summary(result))
+    print(f"features written to {args.output_dir} (report: {features.REPORT_NAME}, manifest: {features.MANIFEST_NAME})")
+    return 0
