@@ -1,7 +1,7 @@
 """The training step, T5X style: Adafactor, loss normalization, z-loss, microbatches.
 
-Library code (gin-free). `Trainer` owns a T5 `Transformer` module, an optax optimizer
-and a `PjitPartitioner`; it creates a sharded `TrainState`, runs jitted train steps on
+Library code (gin-free). `Trainer` owns an encoder-decoder model (T5X's
+EncoderDecoderModel interface), an optax optimizer and a `PjitPartitioner`; it creates a sharded `TrainState`, runs jitted train steps on
 batches produced by seqio's `EncDecFeatureConverter`, evaluates teacher-forced loss,
 and decodes (beam search or sampling) for seqio's `Evaluator`.
 
@@ -11,19 +11,19 @@ one computes.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
-import enum
 import logging
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from personalize_t5x import partitioning
+from personalize_t5x.models import encoder_decoder
 
 logger = logging.getLogger(__name__)
 
@@ -119,70 +119,6 @@ def adafactor(
 
 
 # ---------------------------------------------------------------------------
-# Loss
-# ---------------------------------------------------------------------------
-class SpecialLossNormalizingFactor(enum.Enum):
-    """T5X's names for loss normalizers computed from the batch."""
-
-    NUM_REAL_TARGET_TOKENS = 1
-    NUM_TOTAL_TARGET_TOKENS = 2
-    AVERAGE_PER_SEQUENCE = 3
-
-
-LossNormalizingFactor = Union[None, float, int, str, SpecialLossNormalizingFactor]
-
-
-def canonical_loss_normalizing_factor(value: LossNormalizingFactor):
-    """None, a positive number, or a SpecialLossNormalizingFactor (names accepted)."""
-    if value is None or isinstance(value, SpecialLossNormalizingFactor):
-        return value
-    if isinstance(value, str):
-        name = value.split(".")[-1]
-        if name not in SpecialLossNormalizingFactor.__members__:
-            raise ValueError(f"loss_normalizing_factor {value!r} is not a number or one of "
-                             f"{', '.join(SpecialLossNormalizingFactor.__members__)}")
-        return SpecialLossNormalizingFactor[name]
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    raise ValueError(f"loss_normalizing_factor must be None, a positive number or a special name; got {value!r}")
-
-
-def loss_weights_and_factor(batch: Batch, loss_normalizing_factor) -> tuple[jnp.ndarray, Any]:
-    """Per-token loss weights and the divisor for the summed loss (T5X's semantics)."""
-    targets = batch["decoder_target_tokens"]
-    weights = batch.get("decoder_loss_weights")
-    weights = (targets > 0) if weights is None else weights
-    weights = weights.astype(jnp.float32)
-    factor = loss_normalizing_factor
-    if factor is None:
-        return weights, None
-    if isinstance(factor, float):
-        return weights, factor
-    if factor is SpecialLossNormalizingFactor.NUM_REAL_TARGET_TOKENS:
-        return weights, jnp.sum(weights)
-    if factor is SpecialLossNormalizingFactor.NUM_TOTAL_TARGET_TOKENS:
-        return weights, jnp.asarray(float(np.prod(targets.shape)), jnp.float32)
-    # AVERAGE_PER_SEQUENCE: every (packed) sequence counts once, whatever its length.
-    segments = batch.get("decoder_segment_ids")
-    if segments is None:
-        segments = (targets > 0).astype(jnp.int32)
-    same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
-    tokens_in_segment = jnp.einsum("bij,bj->bi", same.astype(jnp.float32), weights)
-    per_token = jnp.where(tokens_in_segment > 0, weights / jnp.maximum(tokens_in_segment, 1.0), 0.0)
-    num_sequences = jnp.sum(per_token)  # each sequence contributes exactly 1
-    return per_token, jnp.maximum(num_sequences, 1e-8)
-
-
-def cross_entropy_with_z_loss(logits: jnp.ndarray, targets: jnp.ndarray, z_loss: float):
-    """Per-token cross entropy plus z_loss * log(Z)^2 (both float32), as T5X computes."""
-    logits = logits.astype(jnp.float32)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    cross_entropy = log_z - target_logit
-    return cross_entropy + z_loss * jnp.square(log_z), cross_entropy
-
-
-# ---------------------------------------------------------------------------
 # Train state
 # ---------------------------------------------------------------------------
 @flax.struct.dataclass
@@ -199,56 +135,58 @@ class TrainState:
 
 @dataclasses.dataclass
 class TrainerConfig:
-    """Trainer hyper-parameters (T5X names where T5X has them).
+    """Trainer settings (T5X's names). Loss settings (z_loss, loss_normalizing_factor,
+    label_smoothing) belong to the model, as in T5X's EncoderDecoderModel.
 
     Attributes:
       num_microbatches: split each batch into this many microbatches and sum their
-        gradients (gradient accumulation); None or 1 means no split.
-      z_loss: coefficient of the log(Z)^2 auxiliary loss (T5X: 1e-4).
-      loss_normalizing_factor: None (sum), a number, or 'NUM_REAL_TARGET_TOKENS',
-        'NUM_TOTAL_TARGET_TOKENS', 'AVERAGE_PER_SEQUENCE'.
-      label_smoothing: not supported beyond 0.0 (T5 1.1 trains without it).
+        gradients (gradient accumulation); None or 1 means no split. The loss
+        normalizer is computed on the whole batch first, so the summed gradient
+        equals the one-batch gradient.
     """
 
     num_microbatches: Optional[int] = None
-    z_loss: float = 1e-4
-    loss_normalizing_factor: LossNormalizingFactor = None
-    label_smoothing: float = 0.0
 
     def __post_init__(self):
-        if self.num_microbatches is not None and (not isinstance(self.num_microbatches, int) or self.num_microbatches < 1):
+        if self.num_microbatches is not None and (
+                isinstance(self.num_microbatches, bool) or not isinstance(self.num_microbatches, int)
+                or self.num_microbatches < 1):
             raise ValueError(f"num_microbatches must be a positive integer or None; got {self.num_microbatches!r}")
-        if self.z_loss < 0:
-            raise ValueError(f"z_loss must be >= 0; got {self.z_loss}")
-        if self.label_smoothing != 0.0:
-            raise ValueError("label_smoothing other than 0.0 is not supported")
-        self.loss_normalizing_factor = canonical_loss_normalizing_factor(self.loss_normalizing_factor)
 
 
 class Trainer:
-    """Sharded init, train step, teacher-forced eval and decoding for a T5 module."""
+    """Sharded init, train step, teacher-forced eval and decoding for an encoder-decoder model.
 
-    def __init__(self, *, module: nn.Module, optimizer: optax.GradientTransformation,
-                 partitioner: partitioning.PjitPartitioner, config: TrainerConfig = TrainerConfig(),
+    `model` follows T5X's EncoderDecoderModel interface (personalize_t5x.models.
+    encoder_decoder): `get_initial_variables`, `loss_fn(params, batch, dropout_rng)`,
+    `score_batch`, `predict_batch`, and a `loss_normalizing_factor` attribute.
+    """
+
+    def __init__(self, *, model: Any, optimizer: optax.GradientTransformation,
+                 partitioner: partitioning.PjitPartitioner, config: Optional[TrainerConfig] = None,
                  learning_rate_fn: Optional[Callable] = None):
-        self.module = module
+        self.model = model
         self.optimizer = optimizer
         self.partitioner = partitioner
-        self.config = config
+        self.config = config or TrainerConfig()
         self.learning_rate_fn = learning_rate_fn
         self._train_step = None
         self._eval_step = None
+        self._predict_steps: dict = {}
+        self._score_step = None
         self._state_shardings = None
         self.params_axes = None
+        # The loss is always normalized here, on the whole batch, then summed over
+        # microbatches; the model sees pre-divided weights and no normalizer.
+        self._unnormalized_model = copy.copy(model)
+        self._unnormalized_model.loss_normalizing_factor = None
 
     # -- initialization -----------------------------------------------------
     def _init_variables(self, rng, input_shapes: Mapping[str, Sequence[int]]):
-        enc = jnp.ones(input_shapes["encoder_input_tokens"], jnp.int32)
-        dec = jnp.ones(input_shapes["decoder_input_tokens"], jnp.int32)
-        return self.module.init({"params": rng, "dropout": rng}, enc, dec, dec, enable_dropout=False)
+        return self.model.get_initial_variables(rng, input_shapes)
 
     def abstract_state(self, input_shapes: Mapping[str, Sequence[int]]):
-        """(abstract TrainState, its shardings, logical axes of the params) without computing."""
+        """(abstract TrainState, its shardings, logical axes of the params), computing nothing."""
         abstract_vars = jax.eval_shape(lambda r: self._init_variables(r, input_shapes), jax.random.PRNGKey(0))
         logical = partitioning.logical_axes_of(abstract_vars)
         params = partitioning.unbox(abstract_vars["params"])
@@ -262,108 +200,96 @@ class Trainer:
         return abstract, shardings, logical
 
     def init_state(self, rng, input_shapes: Mapping[str, Sequence[int]], params: Any = None) -> TrainState:
-        """A fresh sharded TrainState; `params` (host arrays) replace the random init."""
+        """A fresh sharded TrainState at step 0; `params` (host arrays) replace the random init."""
         abstract, shardings, _ = self.abstract_state(input_shapes)
-
-        def init(r, given):
-            if given is None:
+        if params is None:
+            def init(r):
                 p = partitioning.unbox(self._init_variables(r, input_shapes)["params"])
-            else:
-                p = jax.tree.map(lambda x, a: jnp.asarray(x, a.dtype), given, abstract.params)
+                return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=self.optimizer.init(p))
+
+            return self.partitioner.partition(
+                init, in_shardings=(self.partitioner.replicated,), out_shardings=shardings)(rng)
+
+        def init_from(p):
+            p = jax.tree.map(lambda x, a: x.astype(a.dtype), p, abstract.params)
             return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=self.optimizer.init(p))
 
-        given_shardings = None if params is None else shardings.params
-        jitted = self.partitioner.partition(
-            init, in_shardings=(self.partitioner.replicated, given_shardings), out_shardings=shardings)
-        if params is not None:
-            params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), params, shardings.params)
-        return jitted(rng, params)
+        placed = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), params, shardings.params)
+        return self.partitioner.partition(
+            init_from, in_shardings=(shardings.params,), out_shardings=shardings)(placed)
+
+    def state_from_dict(self, restored: Mapping[str, Any]) -> TrainState:
+        """A TrainState from a restored checkpoint dict (optax's state types put back)."""
+        if self._state_shardings is None:
+            raise RuntimeError("call abstract_state or init_state first")
+        opt_treedef = jax.tree.structure(self._state_shardings.opt_state)
+        opt_state = jax.tree.unflatten(opt_treedef, jax.tree.leaves(restored["opt_state"]))
+        return TrainState(step=restored["step"], params=restored["params"], opt_state=opt_state)
 
     @property
-    def state_shardings(self):
+    def state_shardings(self) -> TrainState:
         if self._state_shardings is None:
             raise RuntimeError("call abstract_state or init_state first")
         return self._state_shardings
 
     # -- loss ---------------------------------------------------------------
-    def _loss_sum(self, params, batch, dropout_rng, normalizer):
-        """Summed (weighted) loss of one (micro)batch divided by the full batch's normalizer."""
-        logits = self.module.apply(
-            {"params": params},
-            batch["encoder_input_tokens"], batch["decoder_input_tokens"], batch["decoder_target_tokens"],
-            encoder_segment_ids=batch.get("encoder_segment_ids"),
-            decoder_segment_ids=batch.get("decoder_segment_ids"),
-            encoder_positions=batch.get("encoder_positions"),
-            decoder_positions=batch.get("decoder_positions"),
-            enable_dropout=dropout_rng is not None,
-            rngs=None if dropout_rng is None else {"dropout": dropout_rng})
-        weights = batch["_loss_weights"]
-        total, cross_entropy = cross_entropy_with_z_loss(logits, batch["decoder_target_tokens"], self.config.z_loss)
-        loss = jnp.sum(total * weights)
-        if normalizer is not None:
-            loss = loss / normalizer
-        stats = {
-            "cross_ent_sum": jnp.sum(cross_entropy * (batch["decoder_target_tokens"] > 0)),
-            "z_loss_sum": jnp.sum((total - cross_entropy) * (batch["decoder_target_tokens"] > 0)),
-            "num_target_tokens": jnp.sum(batch["decoder_target_tokens"] > 0).astype(jnp.float32),
-            "accuracy_sum": jnp.sum((jnp.argmax(logits, -1) == batch["decoder_target_tokens"])
-                                    * (batch["decoder_target_tokens"] > 0)).astype(jnp.float32),
-        }
-        return loss, stats
+    def _normalized_batch(self, batch):
+        """Folds the (whole-batch) loss normalizer into the loss weights."""
+        factor, weights = encoder_decoder.get_loss_normalizing_factor_and_weights(
+            self.model.loss_normalizing_factor, batch)
+        if weights is None:
+            weights = batch.get("decoder_loss_weights")
+        if weights is None:
+            weights = batch["decoder_target_tokens"] > 0
+        weights = jnp.asarray(weights, jnp.float32)
+        if factor is not None:
+            weights = weights / factor
+        return {**batch, "decoder_loss_weights": weights}
 
-    def _prepare(self, batch):
-        batch = dict(batch)
-        weights, normalizer = loss_weights_and_factor(batch, self.config.loss_normalizing_factor)
-        batch["_loss_weights"] = weights
-        batch.pop("decoder_loss_weights", None)
-        return batch, normalizer
+    def _loss(self, params, batch, dropout_rng):
+        loss, metrics = self._unnormalized_model.loss_fn(params, batch, dropout_rng)
+        return loss, {k: metrics[k] for k in ("z_loss", "correct_tokens", "nonpadding_target_tokens", "num_examples")}
 
     # -- train step ---------------------------------------------------------
     def _train_step_fn(self, state: TrainState, batch: Batch, dropout_rng):
-        batch, normalizer = self._prepare(batch)
+        batch = self._normalized_batch(batch)
         step_rng = jax.random.fold_in(dropout_rng, state.step)
-        grad_fn = jax.value_and_grad(self._loss_sum, has_aux=True)
+        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
         micro = self.config.num_microbatches or 1
         if micro == 1:
-            (loss, stats), grads = grad_fn(state.params, batch, step_rng, normalizer)
+            (loss, stats), grads = grad_fn(state.params, batch, step_rng)
         else:
             size = batch["decoder_target_tokens"].shape[0]
             if size % micro:
                 raise ValueError(f"batch size {size} is not divisible by num_microbatches={micro}")
-            # Strided split: row i goes to microbatch i % micro, so each microbatch keeps
-            # an even share of every data shard (no cross-device reshuffle).
+            # Strided split: row i goes to microbatch i % micro, so every microbatch
+            # keeps an even share of each data shard (no cross-device reshuffle).
             split = {k: v.reshape((size // micro, micro) + v.shape[1:]).swapaxes(0, 1) for k, v in batch.items()}
 
             def body(carry, inputs):
                 index, mb = inputs
-                (l, s), g = grad_fn(state.params, mb, jax.random.fold_in(step_rng, index), normalizer)
+                (l, s), g = grad_fn(state.params, mb, jax.random.fold_in(step_rng, index))
                 acc_g, acc_l, acc_s = carry
                 return (jax.tree.map(jnp.add, acc_g, g), acc_l + l, jax.tree.map(jnp.add, acc_s, s)), None
 
-            zeros_g = jax.tree.map(jnp.zeros_like, state.params)
             zeros_s = {k: jnp.zeros((), jnp.float32) for k in
-                       ("cross_ent_sum", "z_loss_sum", "num_target_tokens", "accuracy_sum")}
+                       ("z_loss", "correct_tokens", "nonpadding_target_tokens", "num_examples")}
             (grads, loss, stats), _ = jax.lax.scan(
-                body, (zeros_g, jnp.zeros((), jnp.float32), zeros_s), (jnp.arange(micro), split))
+                body, (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32), zeros_s),
+                (jnp.arange(micro), split))
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = self._metrics(loss, stats)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics = {
+            "loss": loss,
+            "z_loss": stats["z_loss"],
+            "accuracy": stats["correct_tokens"] / jnp.maximum(stats["nonpadding_target_tokens"], 1.0),
+            "nonpadding_target_tokens": stats["nonpadding_target_tokens"],
+            "num_examples": stats["num_examples"],
+            "grad_norm": optax.global_norm(grads),
+        }
         if self.learning_rate_fn is not None:
             metrics["learning_rate"] = self.learning_rate_fn(state.step)
-        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
-        return new_state, metrics
-
-    @staticmethod
-    def _metrics(loss, stats):
-        tokens = jnp.maximum(stats["num_target_tokens"], 1.0)
-        return {
-            "loss": loss,
-            "cross_ent_loss_per_target_token": stats["cross_ent_sum"] / tokens,
-            "z_loss_per_target_token": stats["z_loss_sum"] / tokens,
-            "accuracy": stats["accuracy_sum"] / tokens,
-            "num_target_tokens": stats["num_target_tokens"],
-        }
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def _compiled_train_step(self):
         if self._train_step is None:
@@ -384,37 +310,58 @@ class Trainer:
 
     # -- teacher-forced eval ------------------------------------------------
     def _eval_step_fn(self, params, batch):
-        batch, normalizer = self._prepare(batch)
-        loss, stats = self._loss_sum(params, batch, None, normalizer)
+        loss, stats = self._loss(params, self._normalized_batch(batch), None)
         return {"loss": loss, **stats}
 
     def eval_step(self, params, batch: Mapping[str, np.ndarray]) -> dict:
-        """Summed statistics of one batch (no dropout); caller aggregates."""
-        sharded = self.partitioner.shard_batch(batch)
+        """Statistics of one batch without dropout (sums; the caller aggregates)."""
         if self._eval_step is None:
             self._eval_step = self.partitioner.partition(
                 self._eval_step_fn, in_shardings=(self.state_shardings.params, self.partitioner.data_sharding),
                 out_shardings=self.partitioner.replicated)
-        return self._eval_step(params, sharded)
+        return self._eval_step(params, self.partitioner.shard_batch(batch))
 
-    def evaluate_loss(self, params, batches) -> dict[str, float]:
-        """Teacher-forced metrics over an iterable of host batches."""
+    def evaluate_loss(self, params, batches: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:
+        """Teacher-forced loss (mean over batches) and token accuracy over host batches."""
         totals: dict[str, float] = {}
         count = 0
         for batch in batches:
-            out = jax.device_get(self.eval_step(params, batch))
-            for key, value in out.items():
+            for key, value in jax.device_get(self.eval_step(params, batch)).items():
                 totals[key] = totals.get(key, 0.0) + float(value)
             count += 1
         if not count:
             return {}
-        tokens = max(totals["num_target_tokens"], 1.0)
         return {
             "loss": totals["loss"] / count,
-            "cross_ent_loss_per_target_token": totals["cross_ent_sum"] / tokens,
-            "accuracy": totals["accuracy_sum"] / tokens,
-            "num_target_tokens": totals["num_target_tokens"],
+            "z_loss": totals["z_loss"] / count,
+            "accuracy": totals["correct_tokens"] / max(totals["nonpadding_target_tokens"], 1.0),
+            "nonpadding_target_tokens": totals["nonpadding_target_tokens"],
         }
+
+    # -- decoding and scoring -----------------------------------------------
+    def predict_batch(self, params, batch: Mapping[str, np.ndarray], *, rng=None, **decode_options) -> np.ndarray:
+        """Decoded token ids [batch, length] (model.predict_batch, jitted per option set)."""
+        key = tuple(sorted(decode_options.items()))
+        if key not in self._predict_steps:
+            options = dict(decode_options)
+
+            def predict(p, b, r):
+                return self.model.predict_batch(p, b, r, **options)
+
+            self._predict_steps[key] = self.partitioner.partition(
+                predict, in_shardings=(self.state_shardings.params, self.partitioner.data_sharding,
+                                       self.partitioner.replicated),
+                out_shardings=self.partitioner.replicated)
+        rng = jax.random.PRNGKey(0) if rng is None else rng
+        return np.asarray(jax.device_get(self._predict_steps[key](params, self.partitioner.shard_batch(batch), rng)))
+
+    def score_batch(self, params, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Per-sequence log-likelihood of the targets."""
+        if self._score_step is None:
+            self._score_step = self.partitioner.partition(
+                self.model.score_batch, in_shardings=(self.state_shardings.params, self.partitioner.data_sharding),
+                out_shardings=self.partitioner.replicated)
+        return np.asarray(jax.device_get(self._score_step(params, self.partitioner.shard_batch(batch))))
 
 
 def param_count(params: Any) -> int:
