@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # Parse the command name first, then let its module define the rest of its flags.
     if not argv or argv[0] in ("-h", "--help"):
-        parser.parse_args(argv or ["--help"])
+        parser.print_help()
         return 0
     name = argv[0]
     available = _available_commands()

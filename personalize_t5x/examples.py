@@ -25,7 +25,9 @@ other users are in the corpus or in which order documents arrive.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
+import gc
 import hashlib
 import os
 from typing import Any, Iterable, Iterator, Sequence
@@ -122,14 +124,15 @@ def build_user_examples(
     earlier_counts = _count_strictly_earlier([d.timestamp for d in documents])
     candidates = []
     for index, document in enumerate(documents):
-        target = join_title_and_text(document.title, document.text)
-        if len(target) <= config.min_target_chars:
+        title_chars = len(document.title.strip())
+        target_chars = title_chars + 1 + len(document.text) if title_chars else len(document.text)
+        if target_chars <= config.min_target_chars:
             report.drop("target_too_short")
             continue
         if earlier_counts[index] < config.min_profile_docs:
             report.drop("too_few_earlier_documents")
             continue
-        candidates.append((index, target))
+        candidates.append(index)
     if len(candidates) < config.min_examples_per_user:
         report.drop("user_too_few_examples(users)")
         report.drop("user_too_few_examples(candidate_targets)", len(candidates))
@@ -139,9 +142,11 @@ def build_user_examples(
         chosen = np.sort(rng.choice(len(candidates), size=config.max_examples_per_user, replace=False))
         report.drop("over_max_examples_per_user", len(candidates) - len(chosen))
         candidates = [candidates[i] for i in chosen]
+    doc_ids = [d.doc_id for d in documents]
     examples = []
-    for index, target in candidates:
+    for index in candidates:
         document = documents[index]
+        target = join_title_and_text(document.title, document.text)
         examples.append({
             "example_id": f"{document.user_id}/{document.doc_id}",
             "user_id": document.user_id,
@@ -150,7 +155,7 @@ def build_user_examples(
             "title": document.title,
             "immediate_context": target[: config.context_chars],
             "target": target,
-            "profile": [d.doc_id for d in documents[: earlier_counts[index]]],
+            "profile": doc_ids[: earlier_counts[index]],
         })
     return examples
 
@@ -213,27 +218,40 @@ def build_author_pairs(
     negative side, so pairs of one split never contain another split's writing. Exactly
     half the pairs are positive (the extra one of an odd count is negative).
     """
-    users_with_two = sorted(u for u in {e["user_id"] for e in examples} if len(documents_by_user[u]) >= 2)
     all_users = sorted({e["user_id"] for e in examples})
-    if not examples or len(all_users) < 2 or not users_with_two:
+    users_with_two = {u for u in all_users if len(documents_by_user[u]) >= 2}
+    if len(all_users) < 2 or not users_with_two:
         return []
     rng = np.random.default_rng([seed, int.from_bytes(split.encode(), "little")])
-    eligible = [e for e in examples if e["user_id"] in set(users_with_two)]
+    eligible = [e for e in examples if e["user_id"] in users_with_two]
     n_pairs = int(round(pairs_per_example * len(examples)))
     anchors = [eligible[i] for i in rng.integers(0, len(eligible), size=n_pairs)]
     labels = np.zeros(n_pairs, dtype=bool)
     labels[rng.permutation(n_pairs)[: n_pairs // 2]] = True
+    user_rank = {u: i for i, u in enumerate(all_users)}
+    # One draw per pair from the other users: index among n-1, shifted past the anchor.
+    other_draws = rng.integers(0, len(all_users) - 1, size=n_pairs)
+    doc_draws = rng.random(n_pairs)
+    positions: dict[str, dict[str, int]] = {}
+
+    def anchor_position(user: str, doc_id: str) -> int:
+        if user not in positions:
+            positions[user] = {d.doc_id: i for i, d in enumerate(documents_by_user[user])}
+        return positions[user][doc_id]
+
     pairs = []
-    for anchor, positive in zip(anchors, labels):
+    for anchor, positive, other_draw, doc_draw in zip(anchors, labels, other_draws, doc_draws):
         user = anchor["user_id"]
         if positive:
-            pool = [d for d in documents_by_user[user] if d.doc_id != anchor["doc_id"]]
+            # Any of the user's documents but the anchor: draw among n-1, shift past it.
+            pool = documents_by_user[user]
+            position = int(doc_draw * (len(pool) - 1))
+            position += position >= anchor_position(user, anchor["doc_id"])
+            other = pool[position]
         else:
-            other_user = all_users[rng.integers(0, len(all_users) - 1)]
-            if other_user >= user:  # skip the anchor's own user without a retry loop
-                other_user = all_users[all_users.index(other_user) + 1]
-            pool = documents_by_user[other_user]
-        other = pool[rng.integers(0, len(pool))]
+            other_index = int(other_draw) + (int(other_draw) >= user_rank[user])
+            pool = documents_by_user[all_users[other_index]]
+            other = pool[int(doc_draw * len(pool))]
         pairs.append({
             "text_a": anchor["target"],
             "text_b": join_title_and_text(other.title, other.text),
@@ -273,6 +291,9 @@ def build_examples(
     """Builds examples, splits and author pairs from a stream of Documents."""
     report = report if report is not None else StageReport()
     by_user = group_documents_by_user(documents)
+    # Millions of long-lived documents make every full garbage collection walk them all;
+    # they hold no reference cycles, so exempt them from collection.
+    gc.freeze()
     n_input_documents = sum(len(v) for v in by_user.values())
     users = sorted(by_user)
     iterator: Iterable[str] = users
@@ -380,21 +401,25 @@ def write_examples(result: ExamplesResult, output_dir: str | os.PathLike) -> Non
     its presence marks a finished output; every file is written atomically."""
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    io_lib.write_jsonl(os.path.join(output_dir, DOCUMENTS_FILE), (d.to_json() for d in result.documents))
+    jobs: dict[str, Iterable[Any]] = {DOCUMENTS_FILE: result.documents}
     for split in SPLITS:
-        io_lib.write_jsonl(os.path.join(output_dir, f"{split}.jsonl.gz"), result.examples[split])
-        io_lib.write_jsonl(os.path.join(output_dir, f"author_pairs_{split}.jsonl.gz"), result.author_pairs[split])
+        jobs[f"{split}.jsonl.gz"] = result.examples[split]
+        jobs[f"author_pairs_{split}.jsonl.gz"] = result.author_pairs[split]
+    # zlib releases the GIL while it compresses, so files written from threads overlap
+    # their compression on both cores; the output bytes do not depend on the scheduling.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(io_lib.write_jsonl, os.path.join(output_dir, name), records)
+                   for name, records in jobs.items()]
+        for future in futures:
+            future.result()
     io_lib.write_json(os.path.join(output_dir, STATS_FILE), result.stats)
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Reads a JSONL(.gz) file this project wrote (trusted: no per-field validation)."""
-    import json
-
-    with io_lib.open_text_for_read(path) as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    for _, line in io_lib.iter_binary_lines(path):
+        if line.strip():
+            yield io_lib.loads_record(line)
 
 
 def read_examples(examples_dir: str | os.PathLike, split: str) -> Iterator[dict[str, Any]]:

@@ -15,6 +15,8 @@ import os
 import tempfile
 from typing import IO, Any, Iterable, Iterator
 
+import orjson
+
 # Level 1 compresses text ~4x at several times level 6's speed; the pipeline's stage
 # outputs are written once and read a few times, so speed wins.
 GZIP_LEVEL = 1
@@ -80,19 +82,34 @@ def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]
         raise
 
 
-def dumps_record(record: dict[str, Any]) -> str:
-    """One canonical JSON line: sorted keys, no ASCII escaping, no spaces."""
-    return json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+_CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
 
 
-def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
-    """Writes records as JSON lines (gzip for `*.gz`), atomically. Returns the count."""
+def dumps_record(record: dict[str, Any]) -> bytes:
+    """One canonical JSON line as UTF-8 bytes: sorted keys, no spaces, newline-terminated."""
+    return orjson.dumps(record, option=_CANONICAL)
+
+
+loads_record = orjson.loads
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]], *, chunk: int = 2048) -> int:
+    """Writes records as JSON lines (gzip for `*.gz`), atomically. Returns the count.
+
+    Lines are joined in chunks before they reach gzip: one large write costs far less than
+    thousands of small ones.
+    """
     count = 0
-    with atomic_output(path) as f:
+    pending: list[bytes] = []
+    with atomic_output(path, "wb") as f:
         for record in records:
-            f.write(dumps_record(record))
-            f.write("\n")
-            count += 1
+            pending.append(dumps_record(record))
+            if len(pending) >= chunk:
+                f.write(b"".join(pending))
+                count += len(pending)
+                pending.clear()
+        f.write(b"".join(pending))
+        count += len(pending)
     return count
 
 

@@ -37,7 +37,9 @@ class Document:
     text: str
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Not dataclasses.asdict: that deep-copies, and corpora have millions of documents.
+        return {"user_id": self.user_id, "doc_id": self.doc_id, "timestamp": self.timestamp,
+                "title": self.title, "text": self.text}
 
     @property
     def title_and_text(self) -> str:
@@ -106,13 +108,17 @@ def read_documents(path: str | os.PathLike, *, report: StageReport | None = None
             continue
         try:
             try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(path_str, number, "<line>", f"invalid UTF-8 at byte {e.start}") from None
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(path_str, number, "<line>", f"malformed JSON ({e.msg} at column {e.colno})") from None
+                obj = io_lib.loads_record(raw)
+            except ValueError:
+                # orjson says only that it failed; the standard library says where and why.
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise InputError(path_str, number, "<line>", f"invalid UTF-8 at byte {e.start}") from None
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(path_str, number, "<line>", f"malformed JSON ({e.msg} at column {e.colno})") from None
             document = document_from_json(obj, path=path_str, line=number)
             if document.doc_id in seen_ids:
                 raise InputError(path_str, number, "doc_id", f"duplicate doc id {document.doc_id!r}")
@@ -126,4 +132,4 @@ def read_documents(path: str | os.PathLike, *, report: StageReport | None = None
 
 def write_documents(path: str | os.PathLike, documents: Iterable[Document]) -> int:
     """Writes Documents as canonical JSONL (gzip for `*.gz`), atomically."""
-    return io_lib.write_jsonl(path, (d.to_json() for d in documents))
+    return io_lib.write_jsonl(path, documents)  # orjson serializes dataclasses natively
