@@ -12,7 +12,6 @@ one computes.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
@@ -133,27 +132,6 @@ class TrainState:
         return {"step": self.step, "params": self.params, "opt_state": self.opt_state}
 
 
-@dataclasses.dataclass
-class TrainerConfig:
-    """Trainer settings (T5X's names). Loss settings (z_loss, loss_normalizing_factor,
-    label_smoothing) belong to the model, as in T5X's EncoderDecoderModel.
-
-    Attributes:
-      num_microbatches: split each batch into this many microbatches and sum their
-        gradients (gradient accumulation); None or 1 means no split. The loss
-        normalizer is computed on the whole batch first, so the summed gradient
-        equals the one-batch gradient.
-    """
-
-    num_microbatches: Optional[int] = None
-
-    def __post_init__(self):
-        if self.num_microbatches is not None and (
-                isinstance(self.num_microbatches, bool) or not isinstance(self.num_microbatches, int)
-                or self.num_microbatches < 1):
-            raise ValueError(f"num_microbatches must be a positive integer or None; got {self.num_microbatches!r}")
-
-
 class Trainer:
     """Sharded init, train step, teacher-forced eval and decoding for an encoder-decoder model.
 
@@ -162,14 +140,28 @@ class Trainer:
     `score_batch`, `predict_batch`, and a `loss_normalizing_factor` attribute.
     """
 
-    def __init__(self, *, model: Any, optimizer: optax.GradientTransformation,
-                 partitioner: partitioning.PjitPartitioner, config: Optional[TrainerConfig] = None,
-                 learning_rate_fn: Optional[Callable] = None):
+    def __init__(self, *, model: Any, partitioner: partitioning.PjitPartitioner,
+                 learning_rate_fn: Optional[Callable] = None, num_microbatches: Optional[int] = None,
+                 optimizer: Optional[optax.GradientTransformation] = None,
+                 optimizer_fn: Callable[[Any], optax.GradientTransformation] = adafactor):
+        """Args (T5X's names where T5X has them):
+          model: the EncoderDecoderModel.
+          partitioner: mesh + logical axis rules.
+          learning_rate_fn: step -> learning rate (default: the paper's schedule).
+          num_microbatches: split each batch into this many microbatches and sum their
+            gradients (gradient accumulation); None or 1: no split. The loss normalizer
+            is computed on the whole batch first, so the summed gradient equals the
+            one-batch gradient.
+          optimizer: a ready optax transformation; else `optimizer_fn(learning_rate_fn)`.
+        """
+        if num_microbatches is not None and (isinstance(num_microbatches, bool)
+                                             or not isinstance(num_microbatches, int) or num_microbatches < 1):
+            raise ValueError(f"num_microbatches must be a positive integer or None; got {num_microbatches!r}")
         self.model = model
-        self.optimizer = optimizer
         self.partitioner = partitioner
-        self.config = config or TrainerConfig()
-        self.learning_rate_fn = learning_rate_fn
+        self.learning_rate_fn = learning_rate_fn or create_learning_rate_scheduler()
+        self.num_microbatches = num_microbatches
+        self.optimizer = optimizer if optimizer is not None else optimizer_fn(self.learning_rate_fn)
         self._train_step = None
         self._eval_step = None
         self._predict_steps: dict = {}
@@ -255,7 +247,7 @@ class Trainer:
         batch = self._normalized_batch(batch)
         step_rng = jax.random.fold_in(dropout_rng, state.step)
         grad_fn = jax.value_and_grad(self._loss, has_aux=True)
-        micro = self.config.num_microbatches or 1
+        micro = self.num_microbatches or 1
         if micro == 1:
             (loss, stats), grads = grad_fn(state.params, batch, step_rng)
         else:
@@ -287,8 +279,7 @@ class Trainer:
             "num_examples": stats["num_examples"],
             "grad_norm": optax.global_norm(grads),
         }
-        if self.learning_rate_fn is not None:
-            metrics["learning_rate"] = self.learning_rate_fn(state.step)
+        metrics["learning_rate"] = self.learning_rate_fn(state.step)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def _compiled_train_step(self):
