@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import posixpath
+import time
 import unicodedata
 import uuid
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -80,7 +81,6 @@ class FeaturesConfig:
       encoder_factory: a picklable zero-argument callable returning an object with
         `.encode(texts, batch_size=...)`; lets callers bring their own encoder. Its
         `fingerprint` attribute (or qualified name) enters the resume fingerprint.
-      encode_batch_size: batch size handed to the encoder.
       splits: which splits to process.
       num_shards: shards per split; None = ceil(examples / examples_per_shard).
       examples_per_shard: the target shard size when num_shards is None.
@@ -94,7 +94,6 @@ class FeaturesConfig:
     ranking: ranking.RankingConfig = dataclasses.field(default_factory=ranking.RankingConfig)
     encoder_path: str | None = None
     encoder_factory: Callable[[], Any] | None = None
-    encode_batch_size: int = 64
     splits: tuple[str, ...] = feature_names.SPLITS
     num_shards: int | None = None
     examples_per_shard: int = 5000
@@ -122,8 +121,6 @@ class FeaturesConfig:
             raise ValueError(f"num_shards: expected a positive integer or None, got {self.num_shards!r}")
         if self.examples_per_shard < 1:
             raise ValueError(f"examples_per_shard: expected >= 1, got {self.examples_per_shard}")
-        if self.encode_batch_size < 1:
-            raise ValueError(f"encode_batch_size: expected >= 1, got {self.encode_batch_size}")
         if self.direct_num_workers < 1:
             raise ValueError(f"direct_num_workers: expected >= 1, got {self.direct_num_workers}")
         if self.direct_running_mode not in ("in_memory", "multi_threading", "multi_processing"):
@@ -463,17 +460,20 @@ class RankUserFn(beam.DoFn):
     def __init__(self, config: FeaturesConfig):
         self._config = config
         self._encoder = None
-        self._users_done = 0
 
     def setup(self) -> None:
         self._encoder = load_encoder(self._config)
+        self._users_done = self._examples_done = 0
+        self._last_log = time.monotonic()
 
     def process(self, element):
         user_id, grouped = element
         examples = list(grouped["examples"])
-        if not examples:
-            return  # documents of users without examples in the requested splits
-        documents, examples, counts = clean_user_inputs(grouped["documents"], examples)
+        if examples:  # users without examples in the requested splits have nothing to rank
+            yield from self._rank_user(grouped["documents"], examples)
+
+    def _rank_user(self, documents, examples):
+        documents, examples, counts = clean_user_inputs(documents, examples)
         for name, n in counts.items():
             _counter(name).inc(n)
         if not documents:
@@ -493,8 +493,11 @@ class RankUserFn(beam.DoFn):
             _counter(f"examples_written.{example['split']}").inc()
             yield example["split"], (example["example_id"], serialize_generation_example(example, ranked_texts))
         self._users_done += 1
-        if self._users_done % 1000 == 0:
-            _LOG.info("features: this worker has ranked %d users", self._users_done)
+        self._examples_done += len(results)
+        now = time.monotonic()
+        if now - self._last_log >= 30:
+            self._last_log = now
+            _LOG.info("features: this worker has ranked %d users, %d examples", self._users_done, self._examples_done)
 
 
 # ---------------------------------------------------------------------------- writing
@@ -727,6 +730,32 @@ def _count_records(path: str) -> int:
     return count
 
 
+def _wait_with_progress(result: Any, *, progress: bool) -> None:
+    """Waits for the pipeline; for runners that return before finishing (Dataflow,
+    Flink, ...), shows the users ranked so far from the live counters. The local
+    DirectRunner returns when done; its workers log their own progress."""
+    from apache_beam.runners.runner import PipelineState
+    from tqdm import tqdm
+
+    if PipelineState.is_terminal(result.state) or not progress:
+        result.wait_until_finish()
+        return
+    with tqdm(desc="features: users ranked", unit="user") as bar:
+        while not PipelineState.is_terminal(result.state):
+            try:
+                result.wait_until_finish(duration=15_000)
+            except (TypeError, NotImplementedError):
+                result.wait_until_finish()  # a runner without timed waits
+            try:
+                query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name("users"))
+                bar.n = sum(int(m.attempted or 0) for m in query["counters"])
+                bar.refresh()
+            except Exception:  # live metrics are best effort; the final ones are checked below
+                pass
+    if result.state != PipelineState.DONE:
+        raise RuntimeError(f"the features pipeline ended in state {result.state}")
+
+
 def _collect_counters(result: Any) -> dict[str, int]:
     counters: dict[str, int] = {}
     for metric in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
@@ -790,7 +819,7 @@ def run_features(*, examples_dir: str, output_dir: str, config: FeaturesConfig, 
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, examples_dir=examples_dir, output_dir=output_dir, splits=todo, config=config)
     result = pipeline.run()
-    result.wait_until_finish()
+    _wait_with_progress(result, progress=progress)
     counters = _collect_counters(result)
 
     for split in tqdm(todo, desc="features: hashing shards", disable=not progress, unit="split"):

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=feature_names.RANKING_STRATEGIES, help="ranking strategies to compute (default: all)")
     parser.add_argument("--splits", nargs="+", default=list(feature_names.SPLITS), choices=feature_names.SPLITS)
     parser.add_argument("--encoder", default=None, help="sentence-transformers checkpoint folder (default: bundled all-MiniLM-L6-v2)")
-    parser.add_argument("--encode-batch-size", type=int, default=64)
+    parser.add_argument("--encode-batch-size", type=int, default=None, help="encoder batch size (default: the encoder's)")
     parser.add_argument("--max-chars", type=int, default=2500, help="length of each ranked text")
     parser.add_argument("--snippet-chars", type=int, default=250)
     parser.add_argument("--num-shards", type=int, default=None, help="shards per split (default: one per --examples-per-shard examples)")
@@ -63,11 +63,11 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     beam_args = list(getattr(args, "beam_args", []))
+    batch = {} if args.encode_batch_size is None else {"batch_size": args.encode_batch_size}
     config = features.FeaturesConfig(
         strategies=tuple(args.strategies),
-        ranking=ranking.RankingConfig(max_chars=args.max_chars, snippet_chars=args.snippet_chars),
+        ranking=ranking.RankingConfig(max_chars=args.max_chars, snippet_chars=args.snippet_chars, **batch),
         encoder_path=args.encoder,
-        encode_batch_size=args.encode_batch_size,
         splits=tuple(args.splits),
         num_shards=args.num_shards,
         examples_per_shard=args.examples_per_shard,
