@@ -630,13 +630,19 @@ def _list_shards(output_dir: str, prefix: str) -> list[str]:
     return sorted(posixpath.basename(m.path) for m in matches)
 
 
-def input_fingerprint(examples_dir: str, split: str, config: FeaturesConfig) -> str:
-    """sha256 over the configuration and the bytes of every input the split depends on."""
+def input_fingerprint(examples_dir: str, split: str, config: FeaturesConfig, *, file_hashes: dict[str, tuple[str, int]] | None = None) -> str:
+    """sha256 over the configuration and the bytes of every input the split depends on.
+
+    `file_hashes` caches (sha256, size) per path across splits (documents are shared).
+    """
+    file_hashes = {} if file_hashes is None else file_hashes
     digest = hashlib.sha256(json.dumps(config.fingerprint_dict(), sort_keys=True).encode())
     for path in (documents_path(examples_dir), examples_path(examples_dir, split), author_pairs_path(examples_dir, split)):
-        if not _exists(path):
-            raise InputError(path, 0, "<file>", "no such file")
-        file_hash, size = _sha256_of(path)
+        if path not in file_hashes:
+            if not _exists(path):
+                raise InputError(path, 0, "<file>", "no such file")
+            file_hashes[path] = _sha256_of(path)
+        file_hash, size = file_hashes[path]
         digest.update(f"{posixpath.basename(path)}:{size}:{file_hash};".encode())
     return digest.hexdigest()
 
@@ -793,8 +799,9 @@ def run_features(*, examples_dir: str, output_dir: str, config: FeaturesConfig, 
     fingerprints: dict[str, str] = {}
     todo: list[str] = []
     skipped: list[str] = []
+    file_hashes: dict[str, tuple[str, int]] = {}
     for split in tqdm(config.splits, desc="features: checking inputs and finished outputs", disable=not progress, unit="split"):
-        fingerprints[split] = input_fingerprint(examples_dir, split, config)
+        fingerprints[split] = input_fingerprint(examples_dir, split, config, file_hashes=file_hashes)
         if not force and split_is_finished(output_dir, split, manifest["splits"].get(split), fingerprints[split]):
             skipped.append(split)
         else:

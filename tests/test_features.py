@@ -209,7 +209,19 @@ def test_ranked_texts_only_hold_strictly_earlier_documents(built):
                 assert markers[e["doc_id"]] not in text
 
 
-def test_two_runs_and_two_runner_modes_give_byte_identical_shards(built, tmp_path):
+def test_a_second_run_with_other_bundling_gives_byte_identical_shards(built, tmp_path):
+    root, _, _ = built
+    first = shard_bytes(root / "features")
+    # Two in-process workers split every stage's input differently from one worker.
+    config = fast_config(direct_running_mode="in_memory", direct_num_workers=2)
+    features.run_features(examples_dir=str(root / "examples"), output_dir=str(tmp_path / "f2"), config=config, progress=False)
+    second = shard_bytes(tmp_path / "f2")
+    assert first.keys() == second.keys() and len(first) == 12
+    assert first == second
+
+
+@pytest.mark.slow  # two worker processes each import Beam, TensorFlow and JAX: ~30-60 s here
+def test_multi_process_runner_gives_byte_identical_shards(built, tmp_path):
     root, _, _ = built
     first = shard_bytes(root / "features")
     config = fast_config(direct_running_mode="multi_processing", direct_num_workers=2)
