@@ -34,7 +34,7 @@ def unique_doc_ids(documents: Iterable[Document], *, source: str, report: StageR
     seen: set[str] = set()
     for index, document in enumerate(documents, start=1):
         if document.doc_id in seen:
-            report.bad_record(InputError(source, 0, "doc_id", f"duplicate doc id {document.doc_id!r} (document #{index})"))
+            report.bad_record(InputError(source, 0, "doc_id", f"duplicate doc id: {document.doc_id!r} (document #{index})"))
             continue
         seen.add(document.doc_id)
         yield document

@@ -67,14 +67,14 @@ def document_from_json(obj: Any, *, path: str = "<memory>", line: int = 0) -> Do
         values[field] = value
     timestamp = obj.get("timestamp")
     if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
-        raise InputError(path, line, "timestamp", "missing or not an integer number of seconds since the epoch" if timestamp is None else f"expected an integer (seconds since the epoch), got {type(timestamp).__name__} {timestamp!r}")
+        raise InputError(path, line, "timestamp", "missing or not an integer number of seconds since the epoch" if timestamp is None else f"expected an integer (seconds since the epoch): got {type(timestamp).__name__} {timestamp!r}")
     if isinstance(timestamp, float) and not timestamp.is_integer():
-        raise InputError(path, line, "timestamp", f"expected whole seconds, got {timestamp!r}")
+        raise InputError(path, line, "timestamp", f"expected whole seconds: got {timestamp!r}")
     timestamp = int(timestamp)
     if timestamp < 0:
-        raise InputError(path, line, "timestamp", f"negative timestamp {timestamp}")
+        raise InputError(path, line, "timestamp", f"negative timestamp: {timestamp}")
     if timestamp >= MAX_PLAUSIBLE_SECONDS:
-        raise InputError(path, line, "timestamp", f"{timestamp} looks like milliseconds; the format wants seconds since the epoch")
+        raise InputError(path, line, "timestamp", f"looks like milliseconds: {timestamp}; the format wants seconds since the epoch")
     values["timestamp"] = timestamp
     title = obj.get("title", "")
     if title is None:
@@ -114,14 +114,14 @@ def read_documents(path: str | os.PathLike, *, report: StageReport | None = None
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    raise InputError(path_str, number, "<line>", f"invalid UTF-8 at byte {e.start}") from None
+                    raise InputError(path_str, number, "<line>", f"invalid UTF-8: at byte {e.start}") from None
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise InputError(path_str, number, "<line>", f"malformed JSON ({e.msg} at column {e.colno})") from None
+                    raise InputError(path_str, number, "<line>", f"malformed JSON: {e.msg} at column {e.colno}") from None
             document = document_from_json(obj, path=path_str, line=number)
             if document.doc_id in seen_ids:
-                raise InputError(path_str, number, "doc_id", f"duplicate doc id {document.doc_id!r}")
+                raise InputError(path_str, number, "doc_id", f"duplicate doc id: {document.doc_id!r}")
         except InputError as error:
             report.bad_record(error)
             continue

@@ -34,7 +34,7 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
     result = _run("examples", "build", "--input", str(bad), "--output-dir", str(tmp_path / "out"))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip() == f"error: {bad}:1: field 'timestamp': 1420070400000 looks like milliseconds; the format wants seconds since the epoch"
+    assert result.stderr.strip() == f"error: {bad}:1: field 'timestamp': looks like milliseconds: 1420070400000; the format wants seconds since the epoch"
 
 
 def test_unknown_format_is_one_line(tmp_path):

@@ -60,6 +60,8 @@ def test_bad_lines_raise_located_errors_or_are_counted(tmp_path, bad_line, field
     kept = list(read_documents(path, report=report))
     assert [d.doc_id for d in kept] == ["ok", "z"]
     assert sum(report.bad.values()) == 1 and report.kept == 2
+    # Counts group by reason, not by the offending value.
+    assert list(report.bad) == [f"{field}: {str(error).split(': ')[2].split(':')[0]}"]
     assert report.bad_examples == [str(error)]
 
 
