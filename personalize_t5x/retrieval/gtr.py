@@ -28,8 +28,13 @@ Weights:
   Normalize), the T5 encoder as a Hugging Face ``T5EncoderModel`` safetensors directory
   (imported with ``personalize_t5x.checkpoints_hf``), ``1_Pooling/config.json`` (mean),
   ``2_Dense/config.json`` + ``2_Dense/model.safetensors`` (``linear.weight`` [out, in],
-  no bias, identity activation) and ``spiece.model``. Checkpoints stored only as
-  ``pytorch_model.bin`` must be converted to safetensors first.
+  no bias, identity activation), ``spiece.model`` (or ``tokenizer.json``) and the
+  maximum length (``sentence_bert_config.json``'s ``max_seq_length``, or
+  ``tokenizer_config.json``'s ``model_max_length`` as sentence-transformers 6 writes it).
+  Both the boolean (``pooling_mode_mean_tokens``) and the named (``"pooling_mode": "mean"``)
+  pooling configs are read. Checkpoints stored only as ``pytorch_model.bin`` must be
+  converted to safetensors first (in any PyTorch environment:
+  ``SentenceTransformer(path).save(out, safe_serialization=True)``).
 - ``GTREncoder(config=..., params=..., tokenizer=...)`` takes a parameter tree directly
   (e.g. converted from a T5X Retrieval checkpoint, or ``init_gtr_params`` for tests).
 
@@ -170,6 +175,40 @@ def _sentencepiece_encode(tokenizer: Any) -> Callable[[str], list[int]]:
     return lambda text: [int(i) for i in encode(text)]
 
 
+class _TokenizerJson:
+    """A Hugging Face tokenizer.json as text -> ids, without its own special tokens."""
+
+    def __init__(self, path: pathlib.Path):
+        import tokenizers
+
+        try:
+            self._tokenizer = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as exc:  # the library raises its own exception type
+            raise GTRError(f"{path}: cannot load tokenizer ({exc})") from None
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+
+    def encode(self, text: str) -> list[int]:
+        # EOS is appended by GTREncoder.tokenize, after truncation, as T5's tokenizer does.
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def _max_seq_length(transformer_dir: pathlib.Path) -> int:
+    """max_seq_length from sentence_bert_config.json (<= v5) or tokenizer_config.json (v6)."""
+    st_config = transformer_dir / "sentence_bert_config.json"
+    if st_config.is_file():
+        value = _read_json(st_config).get("max_seq_length")
+        if value:
+            return int(value)
+    tokenizer_config = transformer_dir / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        value = _read_json(tokenizer_config).get("model_max_length")
+        # transformers writes a huge sentinel when no limit was set.
+        if isinstance(value, int) and 1 < value < 1_000_000:
+            return value
+    return DEFAULT_MAX_LENGTH
+
+
 def _bucket_length(length: int, max_length: int) -> int:
     for bucket in LENGTH_BUCKETS:
         if length <= bucket:
@@ -227,8 +266,13 @@ class GTREncoder:
             raise GTRError(f"{model_dir}/modules.json: GTR needs Transformer, Pooling, Dense and Normalize; missing {missing}")
 
         pooling = _read_json(kinds["Pooling"] / "config.json")
-        on = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v]
-        if on != ["pooling_mode_mean_tokens"]:
+        if "pooling_mode" in pooling:  # sentence-transformers >= 6 names the mode
+            on = [str(pooling["pooling_mode"])]
+            mean = on == ["mean"]
+        else:  # earlier versions set one boolean per mode
+            on = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v]
+            mean = on == ["pooling_mode_mean_tokens"]
+        if not mean:
             raise GTRError(f"{kinds['Pooling']}/config.json: GTR pools by mean only, got {on or 'no mode'}")
 
         dense_dir = kinds["Dense"]
@@ -258,10 +302,7 @@ class GTREncoder:
                 f"{weights}: linear.weight has shape {projection.shape}, expected (out, {t5_kwargs['emb_dim']}) "
                 "to follow the T5 encoder"
             )
-        max_length = DEFAULT_MAX_LENGTH
-        st_config = kinds["Transformer"] / "sentence_bert_config.json"
-        if st_config.is_file():
-            max_length = int(_read_json(st_config).get("max_seq_length") or DEFAULT_MAX_LENGTH)
+        max_length = _max_seq_length(kinds["Transformer"])
         t5_kwargs = {**t5_kwargs, "num_decoder_layers": 0, "logits_via_embedding": False, "dtype": dtype}
         config = GTRConfig(
             t5=t5_lib.T5Config(**t5_kwargs), projection_dim=int(projection.shape[0]), max_length=max_length
@@ -271,10 +312,13 @@ class GTREncoder:
             "encoder": t5_params["encoder"],
             "projection_layer": {"kernel": np.ascontiguousarray(projection.T)},
         }
-        tokenizer = None
-        for candidate in (kinds["Transformer"] / "spiece.model", model_dir / "spiece.model"):
-            if candidate.is_file():
-                tokenizer = candidate
+        tokenizer: Any = None
+        for folder in (kinds["Transformer"], model_dir):
+            if (folder / "spiece.model").is_file():
+                tokenizer = folder / "spiece.model"
+                break
+            if (folder / "tokenizer.json").is_file():
+                tokenizer = _TokenizerJson(folder / "tokenizer.json")
                 break
         return cls(config=config, params=params, tokenizer=tokenizer, name=str(model_dir))
 

@@ -162,6 +162,38 @@ def test_sentence_transformers_folder_matches_pooled_hf_encoder_outputs(tmp_path
     assert gtr.encode(["hello there"]).shape == (1, 24)  # spiece.model found and used
 
 
+def _gtr_reference():
+    with np.load(HF_FIXTURE / "gtr_reference.npz") as ref:
+        return {k: ref[k] for k in ref.files}
+
+
+def test_matches_sentence_transformers_on_its_own_gtr_folder():
+    """The fixture's gtr/ folder and embeddings were written by sentence-transformers 6.2."""
+    ref = _gtr_reference()
+    gtr = GTREncoder.from_sentence_transformers(HF_FIXTURE / "gtr")
+    assert gtr.config.max_length == 16 and gtr.dim == 24
+    assert gtr.config.t5.mlp_activations == ("relu",)
+    texts = [str(t) for t in ref["gtr_texts"]]
+    # Same tokens (SentencePiece + EOS, truncated to 16 with EOS kept) as the HF tokenizer...
+    expected_ids = [[int(i) for i in row if i != 0] for row in ref["gtr_token_ids"]]
+    assert gtr.tokenize(texts) == expected_ids
+    # ...and the same vectors.
+    vectors = gtr.encode(texts, batch_size=2)
+    np.testing.assert_allclose(vectors, ref["gtr_embeddings"], atol=1e-5)
+    cosine = np.sum(vectors * ref["gtr_embeddings"], axis=1)
+    assert cosine.min() > 0.99999
+
+
+def test_tokenizer_json_is_used_when_spiece_model_is_absent(tmp_path):
+    ref = _gtr_reference()
+    model_dir = tmp_path / "gtr"
+    shutil.copytree(HF_FIXTURE / "gtr", model_dir)
+    (model_dir / "spiece.model").unlink()
+    gtr = GTREncoder.from_sentence_transformers(model_dir)
+    texts = [str(t) for t in ref["gtr_texts"]]
+    np.testing.assert_allclose(gtr.encode(texts), ref["gtr_embeddings"], atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "breakage, message",
     [
