@@ -298,3 +298,42 @@ def test_export_refuses_wrong_shapes_unknown_keys_and_unmappable_activations(imp
     with pytest.raises(HFCheckpointError, match="params are missing decoder/logits_dense/kernel"):
         export_hf_t5(params=missing, config=config, out_dir=tmp_path / "d")
     assert not (tmp_path / "a" / "model.safetensors").exists()
+
+
+def test_t5x_trained_checkpoint_survives_export_and_import(tmp_path):
+    """A checkpoint trained by upstream T5X (../shared) -> HF folder -> back: same params, same logits."""
+    from conftest import require_shared
+
+    fixture = require_shared("fixtures/t5x_tiny")
+    with np.load(fixture / "params.npz") as flat:
+        params = {}
+        for key in flat.files:
+            *parents, leaf = key.split("/")
+            node = params
+            for name in parents:
+                node = node.setdefault(name, {})
+            node[leaf] = flat[key]
+    config = dict(
+        vocab_size=128, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64, num_encoder_layers=2,
+        num_decoder_layers=2, mlp_activations=("gelu", "linear"), dropout_rate=0.0, logits_via_embedding=False,
+    )
+    out = export_hf_t5(params=params, config=T5Config(**config), out_dir=tmp_path / "hf")
+    imported_config, imported_params = import_hf_t5(out, expected_config=T5Config(**config))
+    flat_in, flat_out = _flat(params), _flat(imported_params)
+    assert flat_in.keys() == flat_out.keys()
+    for key in flat_in:
+        np.testing.assert_array_equal(flat_out[key], flat_in[key], err_msg=key)
+    with np.load(fixture / "inputs.npz") as inputs:
+        batch = {k: inputs[k] for k in inputs.files}
+    logits = _logits(imported_config, imported_params, batch)
+    valid = batch["decoder_target_tokens"] > 0
+    np.testing.assert_allclose(logits[valid], np.load(fixture / "logits.npy")[valid], atol=1e-4, rtol=1e-5)
+
+
+def test_is_hf_t5_dir_tells_hf_folders_from_others(tmp_path):
+    from personalize_t5x.checkpoints_hf import is_hf_t5_dir
+
+    assert is_hf_t5_dir(FIXTURE / "t5_1_1")
+    assert not is_hf_t5_dir(FIXTURE)
+    (tmp_path / "config.json").write_text("{}")
+    assert not is_hf_t5_dir(tmp_path)  # a config without weights is not a checkpoint
