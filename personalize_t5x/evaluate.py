@@ -64,6 +64,15 @@ def padded_batches(ds, batch_size: int, data_size: int) -> Iterator[tuple[np.nda
         yield np.asarray(indices), batch, real
 
 
+def zero_padded(batches, size: int):
+    """Completes short batches with all-zero rows, which carry no loss weight."""
+    for batch in batches:
+        rows = len(batch["decoder_target_tokens"])
+        if rows < size:
+            batch = {k: np.concatenate([v, np.zeros((size - rows,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+        yield batch
+
+
 class EvalRunner:
     """Teacher-forced and decoded evaluation of params at a step (used by train and eval)."""
 
@@ -103,11 +112,14 @@ class EvalRunner:
             if cfg.split not in task.splits:
                 continue
             task_cfg = utils.DatasetConfig(**{**cfg.__dict__, "mixture_or_task_name": task.name, "module": None})
+            whole_split = self.eval_steps in (None, -1)
             ds = utils.get_dataset(task_cfg, shard_id=jax.process_index(), num_shards=jax.process_count(),
-                                   seed=self.seed, num_epochs=1 if self.eval_steps in (None, -1) else None)
-            if self.eval_steps not in (None, -1):
+                                   seed=self.seed, num_epochs=1 if whole_split else None,
+                                   drop_remainder=not whole_split)
+            if not whole_split:
                 ds = ds.take(self.eval_steps)
-            metrics = self.trainer.evaluate_loss(params, utils.numpy_batches(ds))
+            per_host = task_cfg.batch_size // jax.process_count()
+            metrics = self.trainer.evaluate_loss(params, zero_padded(utils.numpy_batches(ds), per_host))
             if metrics:
                 results[task.name] = metrics
                 self._writer(f"training_eval/{task.name}").scalars(step, metrics)

@@ -53,10 +53,16 @@ def add_multihost_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _one_line(error: Exception) -> str:
+    """gin's multi-line message folded to one line: what, where, and the offending text."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    where = [line for line in lines if line.startswith("In file") or line.startswith("In bindings")]
     head = lines[0] if lines else type(error).__name__
-    return f"{head} ({where[0]})" if where and where[0] != head else head
+    rest = " | ".join(lines[1:3])
+    if isinstance(error, SyntaxError):
+        where = error.filename or "bindings"
+        text = (error.text or "").strip()
+        return f"{error.msg} in {where}" + (f" line {error.lineno}" if error.lineno else "") + (
+            f": {text}" if text else "")
+    return f"{head} ({rest})" if rest else head
 
 
 def parse_gin_flags(gin_search_paths: Sequence[str], gin_files: Sequence[str],
@@ -78,12 +84,18 @@ def parse_gin_flags(gin_search_paths: Sequence[str], gin_files: Sequence[str],
             raise ConfigError(f"gin file {name!r} not found (searched {', '.join(map(str, gin_search_paths))})")
         resolved.append(found)
     try:
-        gin.parse_config_files_and_bindings(resolved, list(gin_bindings),
-                                            skip_unknown=skip_unknown, finalize_config=finalize_config)
+        gin.parse_config_files_and_bindings(resolved, None, skip_unknown=skip_unknown, finalize_config=False)
     except ConfigError:
         raise
-    except Exception as error:  # gin raises ValueError, ParseError, ImportError, ... for bad configs
+    except Exception as error:  # gin raises ValueError, SyntaxError, ImportError, ... for bad files
         raise ConfigError(f"gin: {_one_line(error)}") from None
+    for binding in gin_bindings:
+        try:
+            gin.parse_config(binding, skip_unknown=skip_unknown)
+        except Exception as error:
+            raise ConfigError(f"gin: bad binding {binding.strip()!r}: {_one_line(error)}") from None
+    if finalize_config:
+        gin.finalize()
 
 
 def call_configured(fn, name: str):
