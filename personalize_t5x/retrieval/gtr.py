@@ -44,6 +44,7 @@ norm clamped at 1e-12), which is how the public GTR weights are used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -131,9 +132,21 @@ class GTRNetwork(nn.Module):
         return projected / jnp.maximum(norm, 1e-12)
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled_apply(config: GTRConfig):
+    """One jitted forward per architecture, shared by every encoder built with it."""
+    return jax.jit(GTRNetwork(config).apply)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_init(config: GTRConfig):
+    """Jitted init: one compile per architecture instead of op-by-op initializers."""
+    return jax.jit(GTRNetwork(config).init)
+
+
 def init_gtr_params(config: GTRConfig, *, seed: int = 0) -> dict[str, Any]:
     """Random GTR parameters (T5X initializers) as a nested dict of numpy arrays."""
-    variables = GTRNetwork(config).init(jax.random.PRNGKey(seed), jnp.ones((1, 2), jnp.int32))
+    variables = _compiled_init(config)(jax.random.PRNGKey(seed), jnp.ones((1, 2), jnp.int32))
     return jax.tree_util.tree_map(np.asarray, jax.device_get(nn.unbox(variables["params"])))
 
 
@@ -243,7 +256,7 @@ class GTREncoder:
         self.name = name
         self._tokenize_one = _sentencepiece_encode(tokenizer) if tokenizer is not None else None
         self._params = jax.device_put(jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params))
-        self._apply = jax.jit(GTRNetwork(config).apply)
+        self._apply = _compiled_apply(config)
         self.compiled_shapes: set[tuple[int, int]] = set()
 
     # ------------------------------------------------------------------ loading
