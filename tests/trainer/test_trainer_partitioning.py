@@ -1,0 +1,98 @@
+"""Meshes, T5X's logical axis rules, and the same training on every mesh shape."""
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from personalize_t5x import partitioning, trainer as trainer_lib
+from trainer_helpers import input_shapes, packed_batch, tiny_model
+
+
+def test_standard_rules_are_t5x_rules():
+    rules = dict(partitioning.standard_logical_axis_rules())
+    assert rules["batch"] == "data"
+    for axis in ("vocab", "mlp", "heads", "joined_kv"):
+        assert rules[axis] == "model"
+    for axis in ("embed", "kv", "relpos_buckets", "length", "layers", "stack", "mlp_activations"):
+        assert rules[axis] is None
+    two_d = partitioning.standard_logical_axis_rules(parameter_partitioning_dims=2)
+    assert ("embed", "data") in two_d
+    with pytest.raises(ValueError, match="must be 1 or 2"):
+        partitioning.standard_logical_axis_rules(activation_partitioning_dims=3)
+
+
+def test_mesh_shapes_from_num_partitions_and_mesh_shape():
+    assert partitioning.PjitPartitioner(num_partitions=2).mesh_shape == (4, 2)
+    assert partitioning.PjitPartitioner(mesh_shape=(-1, 4)).mesh_shape == (2, 4)
+    assert partitioning.PjitPartitioner().mesh.axis_names == ("data", "model")
+    with pytest.raises(ValueError, match="does not divide"):
+        partitioning.PjitPartitioner(num_partitions=3)
+    with pytest.raises(ValueError, match="needs 4 devices"):
+        partitioning.PjitPartitioner(mesh_shape=(2, 2))
+    with pytest.raises(ValueError, match="not divisible by the data axis"):
+        partitioning.PjitPartitioner(num_partitions=1).batch_sharding(6)
+
+
+def test_multihost_flags_validate_before_initializing():
+    partitioning.initialize_distributed()  # single process: nothing to do
+    with pytest.raises(ValueError, match="--process_count and --process_index"):
+        partitioning.initialize_distributed(coordinator_address="localhost:1234")
+    with pytest.raises(ValueError, match="outside"):
+        partitioning.initialize_distributed(coordinator_address="localhost:1234", process_count=2, process_index=2)
+
+
+def _run(mesh_shape, steps=3, num_microbatches=None, dropout_rate=0.1, lnf="NUM_REAL_TARGET_TOKENS"):
+    devices = jax.devices()[: mesh_shape[0] * mesh_shape[1]]
+    partitioner = partitioning.PjitPartitioner(mesh_shape=mesh_shape, devices=devices)
+    lr = trainer_lib.create_learning_rate_scheduler(base_learning_rate=0.01, warmup_steps=2)
+    trainer = trainer_lib.Trainer(model=tiny_model(dropout_rate=dropout_rate, loss_normalizing_factor=lnf),
+                                  partitioner=partitioner, learning_rate_fn=lr, num_microbatches=num_microbatches)
+    batch = packed_batch()
+    state = trainer.init_state(jax.random.PRNGKey(0), input_shapes(batch))
+    losses = []
+    for _ in range(steps):
+        state, metrics = trainer.train_step(state, batch, jax.random.PRNGKey(7))
+        losses.append(float(metrics["loss"]))
+    return losses, state, trainer
+
+
+def test_meshes_give_the_single_device_losses_and_shard_by_the_rules():
+    reference, ref_state, _ = _run((1, 1))
+    assert reference[2] < reference[0], reference  # it learns
+    for shape in [(8, 1), (4, 2), (2, 4)]:
+        losses, state, trainer = _run(shape)
+        np.testing.assert_allclose(losses, reference, rtol=2e-4, err_msg=str(shape))
+        kernel = state.params["decoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]  # [embed, mlp]
+        assert kernel.sharding.spec == P(None, "model")
+        assert kernel.sharding.mesh.shape == {"data": shape[0], "model": shape[1]}
+        embedding = state.params["token_embedder"]["embedding"]  # [vocab, embed]
+        assert embedding.sharding.spec == P("model", None)
+        # Adafactor's unfactored second moment (dims < 128) has its parameter's sharding.
+        v = state.opt_state[0].v["decoder"]["logits_dense"]["kernel"]  # [embed, vocab]
+        assert v.sharding.spec == P(None, "model")
+        np.testing.assert_allclose(np.asarray(kernel), np.asarray(ref_state.params["decoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]),
+                                   atol=2e-5)
+
+
+def test_microbatches_sum_to_the_whole_batch_gradient():
+    whole, whole_state, _ = _run((2, 1), steps=2, dropout_rate=0.0)
+    split, split_state, _ = _run((2, 1), steps=2, num_microbatches=4, dropout_rate=0.0)
+    np.testing.assert_allclose(split, whole, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(whole_state.params), jax.tree.leaves(split_state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    with pytest.raises(ValueError, match="positive integer"):
+        trainer_lib.Trainer(model=tiny_model(), partitioner=partitioning.PjitPartitioner(), num_microbatches=0)
+
+
+def test_factored_adafactor_state_follows_the_parameter_dims():
+    partitioner = partitioning.PjitPartitioner(mesh_shape=(2, 4))
+    params = {"dense": {"kernel": np.zeros((256, 512), np.float32)}}
+    logical = {"dense": {"kernel": P("embed", "mlp")}}
+    shardings = partitioner.params_shardings(params, logical)
+    opt_state = jax.eval_shape(trainer_lib.adafactor(1e-3).init, params)
+    derived = partitioning.derive_state_shardings(partitioner, opt_state, params, shardings)
+    factored = derived[0]
+    assert opt_state[0].v_row["dense"]["kernel"].shape == (256,)
+    assert factored.v_row["dense"]["kernel"].spec == P(None)  # the embed dim: replicated
+    assert factored.v_col["dense"]["kernel"].spec == P("model")  # the mlp dim: sharded
+    assert factored.count.spec == P()
