@@ -3,7 +3,9 @@
 ``import_hf_t5(path)`` reads a Hugging Face T5 model directory::
 
     config.json                                  T5Config (model_type "t5" or "mt5")
-    model.safetensors                            or sharded: model.safetensors.index.json + shards
+    model.safetensors                            or sharded: model.safetensors.index.json + shards,
+                                                 or (older uploads) a zip-format pytorch_model.bin,
+                                                 read without PyTorch by a restricted unpickler
 
 and returns ``(config, params)``: ``config`` is a dict of ``personalize_t5x.models.t5.T5Config``
 keyword arguments (sizes, activations, logits mode; the activation dtype is left to the
@@ -69,6 +71,7 @@ from safetensors.numpy import save_file
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+TORCH_WEIGHTS_FILE = "pytorch_model.bin"  # read without PyTorch when no safetensors exist
 SUPPORTED_MODEL_TYPES = ("t5", "mt5")
 # T5X's network.py hard-codes these; the project's T5Config exposes them as fields.
 T5X_LAYER_NORM_EPSILON = 1e-6
@@ -237,6 +240,8 @@ def _weight_files(model_dir: pathlib.Path) -> list[pathlib.Path]:
             if not f.is_file():
                 raise HFCheckpointError(f"{f}: file not found (listed in {index.name})")
         return files
+    if (model_dir / TORCH_WEIGHTS_FILE).is_file():
+        return [model_dir / TORCH_WEIGHTS_FILE]
     others = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.h5"))
     hint = (
         f"; found {', '.join(others)}: convert it to safetensors with transformers "
@@ -244,12 +249,17 @@ def _weight_files(model_dir: pathlib.Path) -> list[pathlib.Path]:
         if others
         else ""
     )
-    raise HFCheckpointError(f"{model_dir}: file not found: {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE}{hint}")
+    raise HFCheckpointError(
+        f"{model_dir}: file not found: {WEIGHTS_FILE}, {WEIGHTS_INDEX_FILE} or {TORCH_WEIGHTS_FILE}{hint}"
+    )
 
 
 def _read_tensors(files: list[pathlib.Path]) -> dict[str, np.ndarray]:
     tensors: dict[str, np.ndarray] = {}
     for f in files:
+        if f.suffix == ".bin":
+            tensors.update(read_torch_state_dict(f))
+            continue
         try:
             with safe_open(str(f), framework="np") as handle:
                 for key in handle.keys():
@@ -257,6 +267,101 @@ def _read_tensors(files: list[pathlib.Path]) -> dict[str, np.ndarray]:
         except (OSError, ValueError, TypeError, SafetensorError) as exc:
             raise HFCheckpointError(f"{f}: cannot read as safetensors ({exc})") from None
     return tensors
+
+
+_TORCH_STORAGE_DTYPES = {
+    "FloatStorage": np.dtype(np.float32),
+    "HalfStorage": np.dtype(np.float16),
+    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
+    "DoubleStorage": np.dtype(np.float64),
+    "LongStorage": np.dtype(np.int64),
+    "IntStorage": np.dtype(np.int32),
+    "ShortStorage": np.dtype(np.int16),
+    "CharStorage": np.dtype(np.int8),
+    "ByteStorage": np.dtype(np.uint8),
+    "BoolStorage": np.dtype(np.bool_),
+}
+
+
+class _TorchStorage:
+    """The dtype a pickled ``torch.<Type>Storage`` class name stands for."""
+
+    def __init__(self, dtype: np.dtype):
+        self.dtype = dtype
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
+    if not size:
+        return storage[storage_offset].copy()
+    itemsize = storage.dtype.itemsize
+    view = np.lib.stride_tricks.as_strided(
+        storage[storage_offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
+    )
+    return np.array(view)  # a contiguous copy, detached from the archive buffer
+
+
+def _rebuild_parameter(data, *_ignored):
+    return data
+
+
+def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Tensors of a ``torch.save``'d state dict (zip format, torch >= 1.6), without PyTorch.
+
+    Only what a state dict needs is unpickled (tensors, their storages, ordered dicts);
+    any other object in the file is refused, so a crafted pickle cannot run code.
+    """
+    import collections
+    import pickle
+    import zipfile
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise HFCheckpointError(f"{path}: file not found")
+    if not zipfile.is_zipfile(path):
+        raise HFCheckpointError(
+            f"{path}: not a zip-format torch checkpoint (files saved by torch < 1.6 need PyTorch to convert)"
+        )
+    allowed = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    }
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+        if len(pickles) != 1:
+            raise HFCheckpointError(f"{path}: expected one data.pkl in the torch archive, found {len(pickles)}")
+        prefix = pickles[0][: -len("data.pkl")]
+        byteorder = archive.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in archive.namelist() else "little"
+        if byteorder != "little":
+            raise HFCheckpointError(f"{path}: big-endian torch archives are not supported")
+        storages: dict[str, np.ndarray] = {}
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> Any:
+                if module == "torch" and name in _TORCH_STORAGE_DTYPES:
+                    return _TorchStorage(_TORCH_STORAGE_DTYPES[name])
+                if (module, name) in allowed:
+                    return allowed[(module, name)]
+                raise HFCheckpointError(f"{path}: refusing to unpickle {module}.{name} (not part of a state dict)")
+
+            def persistent_load(self, saved_id: Any) -> np.ndarray:
+                kind, storage_type, key, _location, _numel = saved_id
+                if kind != "storage" or not isinstance(storage_type, _TorchStorage):
+                    raise HFCheckpointError(f"{path}: unsupported storage record {saved_id!r}")
+                if key not in storages:
+                    storages[key] = np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype=storage_type.dtype)
+                return storages[key]
+
+        try:
+            with archive.open(pickles[0]) as handle:
+                state = Unpickler(handle).load()
+        except HFCheckpointError:
+            raise
+        except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as exc:
+            raise HFCheckpointError(f"{path}: cannot read torch state dict ({exc})") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, np.ndarray) for v in state.values()):
+        raise HFCheckpointError(f"{path}: does not hold a flat state dict of tensors")
+    return {str(k): v for k, v in state.items()}
 
 
 def _layout(config: Mapping[str, Any]) -> dict[str, tuple[str, tuple[int, ...], bool]]:

@@ -233,9 +233,40 @@ def test_missing_directory_config_and_weights(tmp_path):
     with pytest.raises(HFCheckpointError, match="config.json: file not found"):
         import_hf_t5(tmp_path)
     shutil.copy(FIXTURE / "t5_1_1" / "config.json", tmp_path / "config.json")
-    (tmp_path / "pytorch_model.bin").write_bytes(b"x")
-    with pytest.raises(HFCheckpointError, match=r"model.safetensors.*pytorch_model.bin.*safetensors"):
+    (tmp_path / "tf_model.h5").write_bytes(b"x")
+    with pytest.raises(HFCheckpointError, match=r"model.safetensors.*pytorch_model.bin.*found tf_model.h5"):
         import_hf_t5(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(HFCheckpointError, match="not a zip-format torch checkpoint"):
+        import_hf_t5(tmp_path)
+
+
+def test_torch_pickled_checkpoint_imports_without_pytorch(tmp_path, imported):
+    """fixtures/hf_t5_tiny/torch_bin/t5_1_1_fp16.bin was written by torch.save (float16)."""
+    shutil.copy(FIXTURE / "t5_1_1" / "config.json", tmp_path / "config.json")
+    shutil.copy(FIXTURE / "torch_bin" / "t5_1_1_fp16.bin", tmp_path / "pytorch_model.bin")
+    config, params = import_hf_t5(tmp_path)
+    assert config == imported["t5_1_1"][0]
+    flat, ref = _flat(params), _flat(imported["t5_1_1"][1])
+    assert flat.keys() == ref.keys()
+    for key in ref:
+        np.testing.assert_array_equal(flat[key], ref[key].astype(np.float16).astype(np.float32), err_msg=key)
+
+
+def test_torch_reader_refuses_objects_that_are_not_tensors(tmp_path):
+    import zipfile
+
+    from personalize_t5x.checkpoints_hf import read_torch_state_dict
+
+    evil = tmp_path / "pytorch_model.bin"
+    with zipfile.ZipFile(evil, "w") as archive:
+        # protocol-2 pickle of the global os.system: what a crafted checkpoint would smuggle in
+        archive.writestr("archive/data.pkl", b"\x80\x02cos\nsystem\nq\x00.")
+    with pytest.raises(HFCheckpointError, match="refusing to unpickle os.system"):
+        read_torch_state_dict(evil)
+    # The non-contiguous float32 tensor in the GTR pickle comes back with its values.
+    dense = read_torch_state_dict(FIXTURE / "torch_bin" / "gtr_dense_fp32.bin")["linear.weight"]
+    np.testing.assert_array_equal(dense, load_file(str(FIXTURE / "gtr" / "2_Dense" / "model.safetensors"))["linear.weight"])
 
 
 @pytest.mark.parametrize(

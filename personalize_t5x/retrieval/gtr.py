@@ -32,9 +32,9 @@ Weights:
   maximum length (``sentence_bert_config.json``'s ``max_seq_length``, or
   ``tokenizer_config.json``'s ``model_max_length`` as sentence-transformers 6 writes it).
   Both the boolean (``pooling_mode_mean_tokens``) and the named (``"pooling_mode": "mean"``)
-  pooling configs are read. Checkpoints stored only as ``pytorch_model.bin`` must be
-  converted to safetensors first (in any PyTorch environment:
-  ``SentenceTransformer(path).save(out, safe_serialization=True)``).
+  pooling configs are read. Weights stored as zip-format ``pytorch_model.bin`` (as in
+  most public GTR folders) are read without PyTorch
+  (``personalize_t5x.checkpoints_hf.read_torch_state_dict``).
 - ``GTREncoder(config=..., params=..., tokenizer=...)`` takes a parameter tree directly
   (e.g. converted from a T5X Retrieval checkpoint, or ``init_gtr_params`` for tests).
 
@@ -54,8 +54,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors import SafetensorError
 
-from personalize_t5x.checkpoints_hf import HFCheckpointError, import_hf_t5
+from personalize_t5x.checkpoints_hf import HFCheckpointError, import_hf_t5, read_torch_state_dict
 from personalize_t5x.models import layers
 from personalize_t5x.models import t5 as t5_lib
 
@@ -296,12 +297,18 @@ class GTREncoder:
         if not activation.endswith("Identity"):
             raise GTRError(f"{dense_dir}/config.json: GTR's projection is linear, got activation {activation!r}")
         weights = dense_dir / "model.safetensors"
-        if not weights.is_file():
-            hint = " (convert pytorch_model.bin to safetensors first)" if (dense_dir / "pytorch_model.bin").exists() else ""
-            raise GTRError(f"{weights}: file not found{hint}")
-        from safetensors.numpy import load_file
+        try:
+            if weights.is_file():
+                from safetensors.numpy import load_file
 
-        dense_tensors = load_file(str(weights))
+                dense_tensors = load_file(str(weights))
+            elif (dense_dir / "pytorch_model.bin").is_file():  # what most public GTR folders hold
+                weights = dense_dir / "pytorch_model.bin"
+                dense_tensors = read_torch_state_dict(weights)
+            else:
+                raise GTRError(f"{dense_dir}: file not found: model.safetensors or pytorch_model.bin")
+        except (HFCheckpointError, SafetensorError, OSError) as exc:
+            raise GTRError(f"{weights}: {exc}" if isinstance(exc, SafetensorError) else str(exc)) from None
         if set(dense_tensors) != {"linear.weight"}:
             raise GTRError(f"{weights}: expected exactly linear.weight, found {sorted(dense_tensors)}")
         projection = dense_tensors["linear.weight"].astype(np.float32)  # [out, in]

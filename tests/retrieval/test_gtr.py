@@ -194,10 +194,22 @@ def test_tokenizer_json_is_used_when_spiece_model_is_absent(tmp_path):
     np.testing.assert_allclose(gtr.encode(texts), ref["gtr_embeddings"], atol=1e-5)
 
 
+def test_reads_a_torch_pickled_dense_layer_without_pytorch(tmp_path):
+    """Most public GTR folders keep 2_Dense as pytorch_model.bin (fixture: written by torch.save)."""
+    ref = _gtr_reference()
+    model_dir = tmp_path / "gtr"
+    shutil.copytree(HF_FIXTURE / "gtr", model_dir)
+    (model_dir / "2_Dense" / "model.safetensors").unlink()
+    shutil.copy(HF_FIXTURE / "torch_bin" / "gtr_dense_fp32.bin", model_dir / "2_Dense" / "pytorch_model.bin")
+    gtr = GTREncoder.from_sentence_transformers(model_dir)
+    np.testing.assert_allclose(gtr.encode([str(t) for t in ref["gtr_texts"]]), ref["gtr_embeddings"], atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "breakage, message",
     [
-        (lambda d: (d / "2_Dense" / "model.safetensors").unlink(), r"2_Dense/model.safetensors: file not found"),
+        (lambda d: (d / "2_Dense" / "model.safetensors").unlink(), r"2_Dense: file not found: model.safetensors or pytorch_model.bin"),
+        (lambda d: (d / "2_Dense" / "model.safetensors").write_bytes(b"junk"), r"2_Dense/model.safetensors: "),
         (lambda d: (d / "2_Dense" / "config.json").write_text(json.dumps({"bias": True})), "no bias, but bias is true"),
         (
             lambda d: (d / "2_Dense" / "config.json").write_text(json.dumps({"bias": False, "activation_function": "torch.nn.modules.activation.Tanh"})),
