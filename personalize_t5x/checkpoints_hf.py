@@ -63,7 +63,7 @@ import os
 import pathlib
 from typing import Any, Mapping
 
-import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy so bf16 safetensors load)
+import ml_dtypes  # importing it also registers bfloat16 with numpy, so bf16 safetensors load
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
@@ -495,6 +495,12 @@ def import_hf_t5(
     if config["num_decoder_layers"] > 0:
         shared, head = tensors.get("shared.weight"), tensors.get("lm_head.weight")
         scaled = _scales_decoder_output(hf)
+        if head is None and "scale_decoder_outputs" not in hf and hf.get("tie_word_embeddings") is False:
+            # transformers 4 would initialise this head at random: the checkpoint is incomplete.
+            raise HFCheckpointError(
+                f"{model_dir}: missing tensor 'lm_head.weight' although config.json says "
+                "tie_word_embeddings=false (a separate output head)"
+            )
         if head is None or (shared is not None and head.shape == shared.shape and np.array_equal(head, shared)):
             if scaled:
                 config["logits_via_embedding"] = True  # T5X's tied, scaled projection

@@ -288,6 +288,16 @@ def test_inconsistent_config_is_refused_with_one_clear_error(tmp_path, changes, 
         import_hf_t5(model_dir)
 
 
+def test_untied_head_missing_from_the_checkpoint_is_refused(tmp_path):
+    model_dir = _copy_variant(tmp_path, "t5_1_1")
+    tensors = load_file(str(model_dir / "model.safetensors"))
+    del tensors["lm_head.weight"]
+    save_file(tensors, str(model_dir / "model.safetensors"))
+    _edit_config(model_dir, scale_decoder_outputs=None, tie_word_embeddings=False)
+    with pytest.raises(HFCheckpointError, match="missing tensor 'lm_head.weight' although config.json says tie_word_embeddings=false"):
+        import_hf_t5(model_dir)
+
+
 def test_expected_config_mismatch_names_the_field(imported):
     config, _ = imported["t5_1_1"]
     with pytest.raises(HFCheckpointError, match="mlp_dim=64 but the expected config has mlp_dim=128"):
