@@ -35,8 +35,10 @@ Weights:
   pooling configs are read. Weights stored as zip-format ``pytorch_model.bin`` (as in
   most public GTR folders) are read without PyTorch
   (``personalize_t5x.checkpoints_hf.read_torch_state_dict``).
+- ``GTREncoder.from_t5x_checkpoint(path, config=..., tokenizer=...)`` reads a checkpoint
+  in T5X's layout (legacy or orbax) whose params are the tree above.
 - ``GTREncoder(config=..., params=..., tokenizer=...)`` takes a parameter tree directly
-  (e.g. converted from a T5X Retrieval checkpoint, or ``init_gtr_params`` for tests).
+  (``init_gtr_params`` makes a random one).
 
 Mean pooling and normalization follow sentence-transformers (count clamped at 1e-9,
 norm clamped at 1e-12), which is how the public GTR weights are used.
@@ -341,6 +343,24 @@ class GTREncoder:
                 tokenizer = _TokenizerJson(folder / "tokenizer.json")
                 break
         return cls(config=config, params=params, tokenizer=tokenizer, name=str(model_dir))
+
+    @classmethod
+    def from_t5x_checkpoint(
+        cls, path: str | os.PathLike, *, config: GTRConfig, tokenizer: Any = None
+    ) -> "GTREncoder":
+        """Loads the params of a T5X-layout checkpoint (legacy or orbax) holding a GTR tree.
+
+        T5X Retrieval's flaxformer ``DualEncoder`` names its parts ``token_embedder``,
+        ``encoder`` and ``projection_layer`` as this module does; this reader has been
+        tested on checkpoints in T5X's layout, not on a released T5X Retrieval checkpoint.
+        """
+        from personalize_t5x import checkpoint_import
+
+        try:
+            params = checkpoint_import.load_t5x_params(os.fspath(path), expected_shapes=_expected_shapes(config))
+        except checkpoint_import.CheckpointImportError as exc:
+            raise GTRError(str(exc)) from None
+        return cls(config=config, params=params, tokenizer=tokenizer, name=str(path))
 
     # ------------------------------------------------------------------ encoding
 

@@ -231,6 +231,20 @@ def test_broken_sentence_transformers_folder_gives_one_clear_error(tmp_path, bre
         GTREncoder.from_sentence_transformers(model_dir)
 
 
+def test_t5x_layout_checkpoint_loads(tmp_path, config, spm_model):
+    import orbax.checkpoint as ocp
+
+    params = init_gtr_params(config, seed=7)
+    state_dir = tmp_path / "model" / "checkpoint_5" / "state"
+    ocp.PyTreeCheckpointer().save(state_dir, {"target": params, "state": {"step": np.int32(5)}})
+    loaded = GTREncoder.from_t5x_checkpoint(tmp_path / "model", config=config, tokenizer=spm_model)
+    direct = GTREncoder(config=config, params=params, tokenizer=spm_model)
+    np.testing.assert_array_equal(loaded.encode(["a b c", "hello"]), direct.encode(["a b c", "hello"]))
+    other = GTRConfig(t5=config.t5, projection_dim=8, max_length=config.max_length)
+    with pytest.raises(GTRError, match=r"'projection_layer/kernel' has shape \(16, 12\) but the model expects \(16, 8\)"):
+        GTREncoder.from_t5x_checkpoint(tmp_path / "model", config=other)
+
+
 def test_bad_params_config_and_inputs_are_refused(config, spm_model):
     params = init_gtr_params(config, seed=0)
     params["projection_layer"]["kernel"] = np.zeros((16, 8), np.float32)
