@@ -380,7 +380,8 @@ class GTREncoder:
     def encode_ids(
         self, token_ids: Sequence[Sequence[int]], *, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False
     ) -> np.ndarray:
-        """Embeddings of already-tokenized rows (trailing pad ids 0 are ignored)."""
+        """Embeddings of already-tokenized rows (pad ids 0 are ignored; a row without any
+        other token gives a zero vector, the only output that is not unit-norm)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         rows = [np.asarray(ids, np.int64).reshape(-1) for ids in token_ids]
