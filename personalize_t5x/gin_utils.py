@@ -95,7 +95,15 @@ def parse_gin_flags(gin_search_paths: Sequence[str], gin_files: Sequence[str],
         except Exception as error:
             raise ConfigError(f"gin: bad binding {binding.strip()!r}: {_one_line(error)}") from None
     if finalize_config:
-        gin.finalize()
+        try:
+            gin.finalize()
+        except ValueError as error:
+            required = re.match(r"\s*(\w+)/macro\.value set to `%gin\.REQUIRED`", str(error))
+            if required:
+                name = required.group(1)
+                raise ConfigError(f"gin: macro {name} is required; set it in a gin file or with "
+                                  f"--gin.{name}=VALUE") from None
+            raise ConfigError(f"gin: {_one_line(error)}") from None
 
 
 def call_configured(fn, name: str):
