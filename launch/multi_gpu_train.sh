@@ -20,7 +20,8 @@ fi
 MODEL_GIN="${MODEL_GIN:-models/t5_1_1_base.gin}"
 RUN_GIN="${RUN_GIN:-runs/finetune.gin}"
 TRAIN_STEPS="${TRAIN_STEPS:-10000}"
-LENGTHS="${LENGTHS:-{'inputs': 1024, 'targets': 512}}"
+DEFAULT_LENGTHS="{'inputs': 1024, 'targets': 512}"
+LENGTHS="${LENGTHS:-$DEFAULT_LENGTHS}"
 # Model parallelism inside a host (GPUs per host), data parallelism across hosts.
 NUM_PARTITIONS="${NUM_PARTITIONS:-1}"
 

@@ -13,7 +13,8 @@ MODEL_GIN="${MODEL_GIN:-models/t5_1_1_base.gin}"
 RUN_GIN="${RUN_GIN:-runs/finetune.gin}"
 REPO_DIR="${REPO_DIR:-personalize-t5x}"   # checkout on every worker (same path)
 TRAIN_STEPS="${TRAIN_STEPS:-10000}"
-LENGTHS="${LENGTHS:-{'inputs': 1024, 'targets': 512}}"
+DEFAULT_LENGTHS="{'inputs': 1024, 'targets': 512}"
+LENGTHS="${LENGTHS:-$DEFAULT_LENGTHS}"
 
 printf -v EXTRA ' %q' "$@"
 COMMAND="cd ${REPO_DIR} && python3 -m personalize_t5x.train \
