@@ -167,7 +167,7 @@ def plot_results(results: dict[str, Any], path: str) -> None:
         ax.set_title(f"{split} ({n} examples)")
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("F-measure vs target (%)")
-    axes[0][-1].legend(fontsize=8)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not over them
     fig.suptitle("Ranked text vs the document the user wrote next")
     fig.tight_layout()
     with io_lib.atomic_output(path, "wb") as f:
