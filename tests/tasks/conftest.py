@@ -1,0 +1,37 @@
+"""Fixtures of the task tests: a data directory with one dataset (task_fixtures.py)."""
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import seqio  # imported once per test process (~5 s)
+
+from task_fixtures import write_fixture_dataset
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+    """A PERSONALIZE_T5X_DATA_DIR holding one dataset, `fixture`."""
+    root = tmp_path_factory.mktemp("data")
+    write_fixture_dataset(root / "fixture")
+    return root
+
+
+@pytest.fixture(scope="session")
+def features_dir(data_dir) -> pathlib.Path:
+    return data_dir / "fixture" / "features"
+
+
+@pytest.fixture(autouse=True)
+def clean_registries():
+    """Every test starts and ends with empty SeqIO registries (seqio.test_utils)."""
+    import tasks.registry
+
+    def clear():
+        seqio.test_utils.clear_tasks()
+        seqio.test_utils.clear_mixtures()
+        tasks.registry._REGISTERED.clear()
+
+    clear()
+    yield
+    clear()
