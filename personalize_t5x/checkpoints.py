@@ -5,8 +5,9 @@ by an orbax `CheckpointManager` (asynchronous, atomic: a run killed mid-save lea
 only a temporary folder that is never mistaken for a finished checkpoint).
 
 An initial checkpoint (INITIAL_CHECKPOINT_PATH) may be one of this project's own
-checkpoints, a T5X checkpoint (legacy msgpack + tensorstore or orbax layout) or a
-Hugging Face T5 directory; the last two go through `personalize_t5x.checkpoint_import`.
+checkpoints, a T5X checkpoint (legacy msgpack + tensorstore or orbax layout, read by
+`personalize_t5x.checkpoint_import`) or a Hugging Face T5 directory (read by
+`personalize_t5x.checkpoints_hf`).
 Every load is checked name by name and shape by shape against the model, and a
 mismatch is reported in one line.
 """
@@ -121,17 +122,23 @@ def _item_dir(path: pathlib.Path) -> pathlib.Path:
     return path / "default" if (path / "default").is_dir() else path
 
 
+def _is_own_step_dir(path: pathlib.Path) -> bool:
+    # T5X's orbax checkpoints also carry _CHECKPOINT_METADATA, but keep their tree in
+    # `state/`; this project's CheckpointManager writes the `default/` item.
+    return (path / "_CHECKPOINT_METADATA").exists() and (path / "default").is_dir()
+
+
 def is_own_checkpoint(path: str) -> bool:
     """Whether `path` is a step folder (or a MODEL_DIR of step folders) this project wrote."""
     p = pathlib.Path(path)
-    return (p / "_CHECKPOINT_METADATA").exists() or latest_step_dir(p) is not None
+    return _is_own_step_dir(p) or latest_step_dir(p) is not None
 
 
 def latest_step_dir(model_dir: pathlib.Path) -> Optional[pathlib.Path]:
     if not model_dir.is_dir():
         return None
     steps = [(int(m.group(1)), child) for child in model_dir.iterdir()
-             if (m := _STEP_DIR.match(child.name)) and (child / "_CHECKPOINT_METADATA").exists()]
+             if (m := _STEP_DIR.match(child.name)) and _is_own_step_dir(child)]
     return max(steps)[1] if steps else None
 
 
@@ -171,21 +178,24 @@ def load_initial_params(path: str, abstract_params: Any) -> Any:
     if not p.exists():
         raise CheckpointError(f"checkpoint {path}: no such file or directory")
     if is_own_checkpoint(p):
-        step_dir = p if (p / "_CHECKPOINT_METADATA").exists() else latest_step_dir(p)
+        step_dir = p if _is_own_step_dir(p) else latest_step_dir(p)
         params = restore_params_only(step_dir, abstract_params)
+    elif (p / "config.json").is_file():
+        # A Hugging Face T5 directory (safetensors or pytorch_model.bin).
+        from personalize_t5x import checkpoints_hf
+
+        try:
+            _, params = checkpoints_hf.import_hf_t5(p)
+        except ValueError as error:
+            raise CheckpointError(f"checkpoint {path}: {error}") from None
+        check_params_match(params, abstract_params, source=str(path))
     else:
+        from personalize_t5x import checkpoint_import
+
         try:
-            from personalize_t5x import checkpoint_import
-        except ImportError:
-            raise CheckpointError(f"checkpoint {path}: not a checkpoint of this project, and the T5X / "
-                                  "Hugging Face importer (personalize_t5x.checkpoint_import) is not installed") from None
-        try:
-            params = checkpoint_import.load_t5x_params(os.fspath(p))
-        except CheckpointError:
-            raise
-        except Exception as error:
-            raise CheckpointError(f"checkpoint {path}: cannot be imported ({type(error).__name__}: {error})") from None
-        if isinstance(params, Mapping) and "params" in params and "params" not in flatten(abstract_params):
-            params = params["params"]
+            params = checkpoint_import.load_t5x_params(os.fspath(p), expected_shapes=abstract_params)
+        except ValueError as error:  # CheckpointImportError: already one line, naming the path
+            message = str(error)
+            raise CheckpointError(message if str(path) in message else f"checkpoint {path}: {message}") from None
         check_params_match(params, abstract_params, source=str(path))
     return jax.tree.map(lambda x: np.asarray(x, np.float32), params)

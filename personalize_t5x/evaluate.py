@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import sys
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -29,6 +30,7 @@ from personalize_t5x import utils
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+_STEP_NAME = re.compile(r"^checkpoint_\d+$")
 
 
 def default_evaluator_loggers() -> list:
@@ -217,7 +219,7 @@ def restore_params(trainer: trainer_lib.Trainer, restore_cfg: utils.RestoreCheck
     step = None
     if path.is_dir() and checkpoints_lib.latest_step_dir(path) is not None:
         path = checkpoints_lib.latest_step_dir(path)
-    if (path / "_CHECKPOINT_METADATA").exists():
+    if checkpoints_lib.is_own_checkpoint(os.fspath(path)) and _STEP_NAME.match(path.name):
         try:
             step = int(path.name.rsplit("_", 1)[1])
         except (IndexError, ValueError):

@@ -1,4 +1,6 @@
 """The paper's learning-rate schedule, Adafactor's T5X settings, orbax save/keep/restore."""
+import pathlib
+
 import jax
 import numpy as np
 import optax
@@ -62,3 +64,42 @@ def test_checkpointer_keeps_the_last_k_and_restores_exactly(tmp_path):
         checkpoints.load_initial_params(str(tmp_path), other_abstract.params)
     params = checkpoints.load_initial_params(str(tmp_path), abstract.params)
     np.testing.assert_array_equal(params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"], np.asarray(kernel))
+
+
+def _tiny_fixture_abstract_params():
+    trainer = trainer_lib.Trainer(model=tiny_model(layers=2), partitioner=partitioning.PjitPartitioner())
+    batch = packed_batch()
+    abstract, _, _ = trainer.abstract_state(input_shapes(batch))
+    return abstract.params
+
+
+@pytest.mark.parametrize("layout", ["checkpoint_legacy", "checkpoint_orbax"])
+def test_initial_params_from_an_upstream_t5x_checkpoint(layout):
+    from conftest import require_shared
+
+    fixture = require_shared("fixtures/t5x_tiny")
+    expected = np.load(fixture / "params.npz")
+    params = checkpoints.load_initial_params(str(fixture / layout), _tiny_fixture_abstract_params())
+    flat = checkpoints.flatten(params)
+    assert set(flat) == set(expected.files)
+    for name in expected.files:
+        np.testing.assert_array_equal(flat[name], expected[name])
+
+
+def test_initial_params_from_a_hugging_face_directory_and_a_bad_path(tmp_path):
+    hf_dir = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "hf_t5_tiny" / "t5_1_1"
+    from personalize_t5x import checkpoints_hf
+    from personalize_t5x.models import encoder_decoder, t5
+
+    config_kwargs, _ = checkpoints_hf.import_hf_t5(hf_dir)  # the architecture the directory declares
+    module_config = t5.T5Config(**config_kwargs)
+    trainer = trainer_lib.Trainer(model=encoder_decoder.EncoderDecoderModel(t5.Transformer(module_config)),
+                                  partitioner=partitioning.PjitPartitioner())
+    abstract, _, _ = trainer.abstract_state(input_shapes(packed_batch()))
+    params = checkpoints.load_initial_params(str(hf_dir), abstract.params)
+    assert checkpoints.flatten(params).keys() == checkpoints.flatten(abstract.params).keys()
+    with pytest.raises(checkpoints.CheckpointError, match="no such file"):
+        checkpoints.load_initial_params(str(tmp_path / "absent"), abstract.params)
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(checkpoints.CheckpointError, match="junk"):
+        checkpoints.load_initial_params(str(tmp_path / "junk"), abstract.params)
