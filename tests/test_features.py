@@ -307,6 +307,37 @@ def test_bad_input_keeps_output_well_formed_and_is_counted(tmp_path):
     assert report["stage_report"]["dropped"]["documents_empty_dropped"] == 1
 
 
+class CountingEncoderFactory:
+    """Builds a HashingEncoder and appends a line to a file per load. A file, because
+    the pipeline runs a pickled copy of this object, whose in-memory state is not ours."""
+
+    fingerprint = HashingEncoder.fingerprint
+
+    def __init__(self, log_path: pathlib.Path):
+        self.log_path = str(log_path)
+
+    def __call__(self):
+        with open(self.log_path, "a") as f:
+            f.write("load\n")
+        return HashingEncoder()
+
+    def loads(self) -> int:
+        return len(pathlib.Path(self.log_path).read_text().splitlines()) if os.path.exists(self.log_path) else 0
+
+
+def test_encoder_is_loaded_once_per_worker_not_per_user(tmp_path):
+    write_examples_dir(tmp_path / "examples")
+    factory = CountingEncoderFactory(tmp_path / "dense.log")
+    config = fast_config(encoder_factory=factory, strategies=("rank_doc_dense",), num_shards=1)
+    result = features.run_features(examples_dir=str(tmp_path / "examples"), output_dir=str(tmp_path / "f"), config=config, progress=False)
+    assert result.counters["users"] == 5
+    assert factory.loads() == 1
+    sparse_factory = CountingEncoderFactory(tmp_path / "sparse.log")
+    sparse = fast_config(encoder_factory=sparse_factory, strategies=("recent_doc", "rank_doc_bm25"), num_shards=1)
+    features.run_features(examples_dir=str(tmp_path / "examples"), output_dir=str(tmp_path / "g"), config=sparse, progress=False)
+    assert sparse_factory.loads() == 0  # no dense strategy: no encoder at all
+
+
 def test_missing_input_file_is_a_located_error(tmp_path):
     write_examples_dir(tmp_path / "examples")
     (tmp_path / "examples" / "validation.jsonl.gz").unlink()
