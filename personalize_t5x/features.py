@@ -29,6 +29,8 @@ shards are removed first), so a half-written output is never mistaken for a fini
 
 Runners: DirectRunner with 2 worker processes by default; any other runner (Dataflow,
 Flink, Spark) through standard Beam pipeline options in `FeaturesConfig.pipeline_args`.
+Remote workers need this package: pass Beam's usual `--setup_file=./setup.py` (or a
+container image), and put inputs/outputs on a filesystem they can reach (gs://, s3://).
 """
 from __future__ import annotations
 
@@ -794,7 +796,8 @@ def run_features(*, examples_dir: str, output_dir: str, config: FeaturesConfig, 
 
     examples_dir = examples_dir.rstrip("/") or "/"
     output_dir = output_dir.rstrip("/") or "/"
-    FileSystems.mkdirs(output_dir) if not _exists(output_dir) else None
+    if not _exists(output_dir):
+        FileSystems.mkdirs(output_dir)
     manifest = read_manifest(output_dir)
     fingerprints: dict[str, str] = {}
     todo: list[str] = []
