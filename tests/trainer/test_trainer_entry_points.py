@@ -43,10 +43,32 @@ def test_train_writes_checkpoints_config_model_info_and_summaries(trained, capsy
     assert info[-1] == f"Total number of parameters: {expected}"
     mlp = [line for line in info if "encoder/layers_0/mlp/wi_0/kernel" in line]
     assert mlp and "logical_axes ('embed', 'mlp')" in mlp[0] and "shape (32, 64)" in mlp[0]
-    assert list((trained / "train").glob("events.out.tfevents.*"))
+    tags = _summary_tags(trained / "train")
+    assert {"loss", "learning_rate", "timing/examples_per_second", "timing/tokens_per_second"} <= set(tags)
+    assert tags["learning_rate"][0] > 0 and all(step in (2, 4) for step in tags["loss"])
     assert list((trained / "training_eval" / tiny_task.TASK_NAME).glob("events.out.tfevents.*"))
     metrics = (trained / "inference_eval" / f"{tiny_task.TASK_NAME}-metrics.jsonl").read_text()
     assert '"exact_match"' in metrics and '"step": 4' in metrics
+
+
+def _summary_tags(logdir: pathlib.Path) -> dict:
+    """{tag: [steps]} of the TensorBoard event files in logdir."""
+    import tensorflow as tf
+
+    tags: dict = {}
+    for path in logdir.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(event.step)
+    return tags
+
+
+def test_gin_bindings_flag_and_shorthand_are_the_same_binding():
+    from personalize_t5x import gin_utils
+
+    rewritten = gin_utils.rewrite_gin_args(["--gin.TRAIN_STEPS=7", "--gin_file=x.gin", "--gin_bindings=A = 1"])
+    assert rewritten == ["--gin_bindings=TRAIN_STEPS = 7", "--gin_file=x.gin", "--gin_bindings=A = 1"]
+    assert gin_utils.DEFAULT_GIN_SEARCH_PATHS[0].endswith("gin")
 
 
 def test_eval_writes_metrics_json(trained, tmp_path):
