@@ -11,7 +11,9 @@ characters), builds one example per document that has at least 2 earlier documen
     then the same five rankings; timed on a random sample of examples (per example);
 
 and prints both throughputs and their ratio (target: >= 10x). A sparse-only line
-(recent_doc + rank_doc_bm25 against BM25Okapi per example) is printed too.
+(recent_doc + rank_doc_bm25 against BM25Okapi per example) is printed too. Both paths use
+the same encoder and batch size; every bucket shape is compiled in an untimed warm-up
+(`SentenceEncoder.warmup`), so neither timed section pays for XLA compilation.
 
     python bench/ranking_bench.py                      # the full corpus (hours on a 2-core CPU)
     python bench/ranking_bench.py --users 20 --baseline-sample 40   # a quick run
