@@ -288,6 +288,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     gin_utils.add_gin_arguments(parser)
     gin_utils.add_multihost_arguments(parser)
+    gin_utils.add_seqio_arguments(parser)
     gin_utils.accept_gin_shorthand(parser)
 
 
@@ -300,6 +301,7 @@ def run(args: argparse.Namespace) -> int:
         partitioning.initialize_distributed(
             multiprocess_gpu=args.multiprocess_gpu, coordinator_address=args.coordinator_address,
             process_count=args.process_count, process_index=args.process_index)
+        gin_utils.apply_seqio_arguments(args)
         gin_utils.parse_from_args(args)
         configured = gin.get_configurable(evaluate)
         gin_utils.call_configured(configured, "evaluate")

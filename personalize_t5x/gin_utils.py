@@ -43,6 +43,23 @@ def add_gin_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default: this repository's gin/ folder and the current folder)")
 
 
+def add_seqio_arguments(parser: argparse.ArgumentParser) -> None:
+    """T5X's data flags."""
+    parser.add_argument("--tfds_data_dir", default=None,
+                        help="overrides the data_dir of TFDS-backed seqio tasks")
+    parser.add_argument("--seqio_additional_cache_dirs", action="append", default=[],
+                        help="extra folders to look for cached seqio tasks in (repeatable)")
+
+
+def apply_seqio_arguments(args: argparse.Namespace) -> None:
+    import seqio
+
+    if getattr(args, "tfds_data_dir", None):
+        seqio.set_tfds_data_dir_override(args.tfds_data_dir)
+    if getattr(args, "seqio_additional_cache_dirs", None):
+        seqio.add_global_cache_dirs(list(args.seqio_additional_cache_dirs))
+
+
 def add_multihost_arguments(parser: argparse.ArgumentParser) -> None:
     """T5X's multi-host flags."""
     parser.add_argument("--multiprocess_gpu", action="store_true",
