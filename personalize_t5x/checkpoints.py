@@ -92,9 +92,12 @@ class TrainStateCheckpointer:
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
 
-    def save(self, state: Any, *, force: bool = False) -> bool:
-        """Saves `state` (a TrainState) when its step is due (or `force`); returns whether it did."""
-        step = int(jax.device_get(state.step))
+    def save(self, state: Any, *, step: Optional[int] = None, force: bool = False) -> bool:
+        """Saves `state` (a TrainState) when its step is due (or `force`); returns whether it did.
+
+        Pass the host-side `step` when known: reading `state.step` waits for the device.
+        """
+        step = int(jax.device_get(state.step)) if step is None else int(step)
         if not force and step % self.period:
             return False
         if step in self.manager.all_steps():

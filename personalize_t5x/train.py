@@ -192,7 +192,7 @@ def train(
                          f"{metrics['timing/tokens_per_second']:.0f} tokens/s")
                 last_metrics = metrics
                 window_start, window_tokens, window_examples, window_steps = time.time(), 0, 0, 0
-            checkpointer.save(state)
+            checkpointer.save(state, step=step)
             if eval_period and (step % eval_period == 0 or step == total_steps):
                 eval_metrics = evaluators.run(state.params, step)
     finally:

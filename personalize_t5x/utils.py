@@ -164,7 +164,7 @@ def get_dataset(cfg: DatasetConfig, *, shard_id: int = 0, num_shards: int = 1, s
     ds = ds.batch(cfg.batch_size // num_shards, drop_remainder=drop_remainder)
     if start_batch:
         ds = ds.skip(start_batch)
-    return ds
+    return ds.prefetch(2)  # overlap input work with the device step
 
 
 def numpy_batches(ds) -> Iterator[dict[str, np.ndarray]]:
