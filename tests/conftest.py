@@ -17,19 +17,10 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-SHARED = REPO_ROOT.parent / "shared"
+from shared_paths import SHARED, require_shared  # noqa: E402,F401  (tests import it from shared_paths)
 
 
 @pytest.fixture(scope="session")
 def shared_dir() -> pathlib.Path:
     """../shared beside the checkout (real data and upstream fixtures)."""
     return SHARED
-
-
-def require_shared(relative: str) -> pathlib.Path:
-    """Returns ../shared/<relative>, skipping the test with a reason when it is absent."""
-    path = SHARED / relative
-    if not path.exists():
-        pytest.skip(f"{path} is absent (a fresh clone without ../shared); this test needs it")
-    return path

@@ -340,7 +340,7 @@ def test_export_refuses_wrong_shapes_unknown_keys_and_unmappable_activations(imp
 
 def test_t5x_trained_checkpoint_survives_export_and_import(tmp_path):
     """A checkpoint trained by upstream T5X (../shared) -> HF folder -> back: same params, same logits."""
-    from conftest import require_shared
+    from shared_paths import require_shared
 
     fixture = require_shared("fixtures/t5x_tiny")
     with np.load(fixture / "params.npz") as flat:

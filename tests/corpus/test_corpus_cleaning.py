@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from conftest import require_shared
+from shared_paths import require_shared
 from personalize_t5x.corpus import cleaning
 
 

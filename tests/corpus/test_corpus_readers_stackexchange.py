@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from conftest import require_shared
+from shared_paths import require_shared
 from personalize_t5x.corpus import readers
 from personalize_t5x.corpus.errors import InputError, StageReport
 from personalize_t5x.corpus.readers import stackexchange

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import require_shared
+from shared_paths import require_shared
 from personalize_t5x import examples as ex
 from personalize_t5x.corpus import readers
 from personalize_t5x.corpus.errors import StageReport

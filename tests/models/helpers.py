@@ -4,7 +4,7 @@ import json
 import numpy as np
 from flax import traverse_util
 
-from conftest import require_shared
+from shared_paths import require_shared
 from personalize_t5x.models import t5
 
 FIXTURE = "fixtures/t5x_tiny"

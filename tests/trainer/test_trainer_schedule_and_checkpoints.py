@@ -75,7 +75,7 @@ def _tiny_fixture_abstract_params():
 
 @pytest.mark.parametrize("layout", ["checkpoint_legacy", "checkpoint_orbax"])
 def test_initial_params_from_an_upstream_t5x_checkpoint(layout):
-    from conftest import require_shared
+    from shared_paths import require_shared
 
     fixture = require_shared("fixtures/t5x_tiny")
     expected = np.load(fixture / "params.npz")
