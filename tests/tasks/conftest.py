@@ -24,8 +24,13 @@ def features_dir(data_dir) -> pathlib.Path:
 
 @pytest.fixture(autouse=True)
 def clean_registries():
-    """Every test starts and ends with empty SeqIO registries (seqio.test_utils)."""
+    """Every test starts with empty SeqIO registries (seqio.test_utils); afterwards the
+    registrations other test modules made at import time are put back, so running the
+    whole suite in one process does not depend on the order of its modules."""
     import tasks.registry
+
+    saved = (dict(seqio.TaskRegistry._REGISTRY), dict(seqio.MixtureRegistry._REGISTRY),
+             dict(tasks.registry._REGISTERED))
 
     def clear():
         seqio.test_utils.clear_tasks()
@@ -35,3 +40,6 @@ def clean_registries():
     clear()
     yield
     clear()
+    seqio.TaskRegistry._REGISTRY.update(saved[0])
+    seqio.MixtureRegistry._REGISTRY.update(saved[1])
+    tasks.registry._REGISTERED.update(saved[2])
