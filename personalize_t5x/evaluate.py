@@ -286,29 +286,14 @@ def evaluate(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from personalize_t5x import gin_utils
 
-    gin_utils.add_gin_arguments(parser)
-    gin_utils.add_multihost_arguments(parser)
-    gin_utils.add_seqio_arguments(parser)
-    gin_utils.accept_gin_shorthand(parser)
+    gin_utils.add_entry_point_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    import gin
-
+    """Parses gin, joins a multi-host job if asked, runs evaluate; one-line errors, exit 2."""
     from personalize_t5x import gin_utils
 
-    try:
-        partitioning.initialize_distributed(
-            multiprocess_gpu=args.multiprocess_gpu, coordinator_address=args.coordinator_address,
-            process_count=args.process_count, process_index=args.process_index)
-        gin_utils.apply_seqio_arguments(args)
-        gin_utils.parse_from_args(args)
-        configured = gin.get_configurable(evaluate)
-        gin_utils.call_configured(configured, "evaluate")
-    except (utils.ConfigError, checkpoints_lib.CheckpointError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return gin_utils.run_entry_point(args, evaluate, "evaluate")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

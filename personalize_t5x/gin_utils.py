@@ -167,3 +167,38 @@ def accept_gin_shorthand(parser: argparse.ArgumentParser) -> None:
 def parse_from_args(args: argparse.Namespace) -> None:
     paths = [p for p in str(args.gin_search_paths).split(",") if p]
     parse_gin_flags(paths, args.gin_file, args.gin_bindings)
+
+
+# ---------------------------------------------------------------------------
+# The shared shape of the train / eval / infer command lines.
+# ---------------------------------------------------------------------------
+def add_entry_point_arguments(parser: argparse.ArgumentParser) -> None:
+    """T5X's flags: gin files and bindings, multi-host, SeqIO data directories."""
+    add_gin_arguments(parser)
+    add_multihost_arguments(parser)
+    add_seqio_arguments(parser)
+    accept_gin_shorthand(parser)
+
+
+def run_entry_point(args: argparse.Namespace, function, name: str, **call_kwargs) -> int:
+    """Joins a multi-host job if asked, parses gin, calls the gin-configured `function`.
+
+    Configuration and checkpoint problems end with one `error:` line and exit status 2.
+    """
+    from personalize_t5x import checkpoints as checkpoints_lib
+    from personalize_t5x import partitioning
+
+    try:
+        partitioning.initialize_distributed(
+            multiprocess_gpu=args.multiprocess_gpu, coordinator_address=args.coordinator_address,
+            process_count=args.process_count, process_index=args.process_index)
+        apply_seqio_arguments(args)
+        parse_from_args(args)
+        configured = gin.get_configurable(function)
+        call_configured(lambda: configured(**call_kwargs), name)
+    except (ConfigError, checkpoints_lib.CheckpointError, ValueError) as error:
+        import sys
+
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

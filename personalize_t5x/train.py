@@ -210,31 +210,14 @@ def train(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from personalize_t5x import gin_utils
 
-    gin_utils.add_gin_arguments(parser)
-    gin_utils.add_multihost_arguments(parser)
-    gin_utils.add_seqio_arguments(parser)
-    gin_utils.accept_gin_shorthand(parser)
+    gin_utils.add_entry_point_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Parses gin, joins a multi-host job if asked, trains; one-line errors, exit 2."""
-    import gin
-
+    """Parses gin, joins a multi-host job if asked, runs train; one-line errors, exit 2."""
     from personalize_t5x import gin_utils
 
-    try:
-        partitioning.initialize_distributed(
-            multiprocess_gpu=args.multiprocess_gpu, coordinator_address=args.coordinator_address,
-            process_count=args.process_count, process_index=args.process_index)
-        gin_utils.apply_seqio_arguments(args)
-        gin_utils.parse_from_args(args)
-        configured = gin.get_configurable(train)
-        gin_utils.call_configured(
-            lambda: configured(summarize_config_fn=gin_utils.summarize_gin_config), "train")
-    except (utils.ConfigError, checkpoints_lib.CheckpointError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return gin_utils.run_entry_point(args, train, "train", summarize_config_fn=gin_utils.summarize_gin_config)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
