@@ -96,9 +96,14 @@ def infer_task(trainer: trainer_lib.Trainer, params: Any, task: Any, *, split: s
                     record["example_id"] = _text(ex["example_id"])
                 record["inputs"] = (_text(ex["inputs_pretokenized"]) if "inputs_pretokenized" in ex
                                     else _decode(vocab_in, ex["inputs"]))
-                record["target"] = (_text(ex["targets_pretokenized"]) if "targets_pretokenized" in ex
-                                    else _decode(vocab_out, ex["targets"]))
-                record["prediction"] = _decode(vocab_out, prediction)
+                target = (_text(ex["targets_pretokenized"]) if "targets_pretokenized" in ex
+                          else _decode(vocab_out, ex["targets"]))
+                # As seqio.Evaluator scores them: after the task's postprocessor (e.g.
+                # remove_doc_start puts the document's start back on both sides), so
+                # prediction files of every paper row compare on the same targets.
+                record["target"] = task.postprocess_fn(target, example=ex, is_target=True)
+                record["prediction"] = task.postprocess_fn(_decode(vocab_out, prediction), example=ex,
+                                                           is_target=False)
                 record["target_score"] = float(score)
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 count += 1
