@@ -8,11 +8,14 @@ import gzip
 import hashlib
 import json
 import os
-from typing import IO, Any, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from personalize_t5x import io as io_lib
 from personalize_t5x.corpus.errors import InputError, StageReport
 from personalize_t5x.corpus.records import MAX_PLAUSIBLE_SECONDS
+
+if TYPE_CHECKING:
+    from personalize_t5x.corpus.records import Document
 
 _READ_CHUNK = 1 << 20
 
@@ -278,3 +281,20 @@ def require_files(paths: list[str]) -> None:
             raise InputError(path, 0, "<file>", "no such file")
         if os.path.isdir(path):
             raise InputError(path, 0, "<file>", "is a directory; pass the file inside it")
+
+
+def kept_documents(attempts: Iterable[Callable[[], "Document | None"]], *, report: StageReport,
+                   seen: "SeenIds") -> Iterator["Document"]:
+    """The readers' shared loop: each attempt converts one record to a Document (None =
+    dropped on purpose, already counted); a located error is reported (raised or counted),
+    a repeated doc id is dropped and counted, and every yielded document is counted kept."""
+    for attempt in attempts:
+        try:
+            document = attempt()
+        except InputError as error:
+            report.bad_record(error)
+            continue
+        if document is None or not seen.is_new(document.doc_id, report):
+            continue
+        report.kept += 1
+        yield document

@@ -22,6 +22,8 @@ a 2023 time in seconds) are located errors.
 """
 from __future__ import annotations
 
+import functools
+
 import datetime as dt
 import calendar
 from typing import Any, Iterator, Sequence
@@ -35,16 +37,9 @@ from personalize_t5x.corpus.records import MAX_PLAUSIBLE_SECONDS, Document
 def read(paths: Sequence[str], report: StageReport) -> Iterator[Document]:
     seen = _common.SeenIds()
     for path in paths:
-        for line, obj in _common.iter_json_lines(path, report):
-            try:
-                document = convert(obj, path, line, report)
-            except InputError as error:
-                report.bad_record(error)
-                continue
-            if document is None or not seen.is_new(document.doc_id, report):
-                continue
-            report.kept += 1
-            yield document
+        yield from _common.kept_documents(
+            (functools.partial(convert, obj, path, line, report) for line, obj in _common.iter_json_lines(path, report)),
+            report=report, seen=seen)
 
 
 def convert(obj: dict[str, Any], path: str, line: int, report: StageReport) -> Document | None:

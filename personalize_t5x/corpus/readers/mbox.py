@@ -35,6 +35,8 @@ date at all.
 """
 from __future__ import annotations
 
+import functools
+
 import datetime as dt
 import email.utils
 import hashlib
@@ -65,16 +67,10 @@ _CUT_LINE = re.compile(
 def read(paths: Sequence[str], report: StageReport) -> Iterator[Document]:
     seen = _common.SeenIds()
     for path in paths:
-        for line, from_line, data in iter_raw_messages(path, report):
-            try:
-                document = convert(data, from_line, path, line, report)
-            except InputError as error:
-                report.bad_record(error)
-                continue
-            if document is None or not seen.is_new(document.doc_id, report):
-                continue
-            report.kept += 1
-            yield document
+        yield from _common.kept_documents(
+            (functools.partial(convert, data, from_line, path, line, report)
+             for line, from_line, data in iter_raw_messages(path, report)),
+            report=report, seen=seen)
 
 
 def iter_raw_messages(path: str, report: StageReport) -> Iterator[tuple[int, bytes, bytes]]:

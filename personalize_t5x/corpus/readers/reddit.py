@@ -27,6 +27,8 @@ located errors.
 """
 from __future__ import annotations
 
+import functools
+
 import html
 import json
 from typing import Any, Iterator, Sequence
@@ -45,16 +47,10 @@ def read(paths: Sequence[str], report: StageReport) -> Iterator[Document]:
     titles = collect_post_titles(paths)
     seen = _common.SeenIds()
     for path in paths:
-        for line, obj in _common.iter_json_lines(path, report):
-            try:
-                document = convert(obj, path, line, report, titles)
-            except InputError as error:
-                report.bad_record(error)
-                continue
-            if document is None or not seen.is_new(document.doc_id, report):
-                continue
-            report.kept += 1
-            yield document
+        yield from _common.kept_documents(
+            (functools.partial(convert, obj, path, line, report, titles)
+             for line, obj in _common.iter_json_lines(path, report)),
+            report=report, seen=seen)
 
 
 def post_title(raw_title: str) -> str:
