@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -225,41 +226,63 @@ def build_author_pairs(
     rng = np.random.default_rng([seed, int.from_bytes(split.encode(), "little")])
     eligible = [e for e in examples if e["user_id"] in users_with_two]
     n_pairs = int(round(pairs_per_example * len(examples)))
-    anchors = [eligible[i] for i in rng.integers(0, len(eligible), size=n_pairs)]
+    # Anchors in example order: consecutive pairs then touch the same user's records
+    # (the pairs' order in the file carries no meaning; training shuffles them).
+    anchor_indices = np.sort(rng.integers(0, len(eligible), size=n_pairs))
     labels = np.zeros(n_pairs, dtype=bool)
     labels[rng.permutation(n_pairs)[: n_pairs // 2]] = True
-    user_rank = {u: i for i, u in enumerate(all_users)}
     # One draw per pair from the other users: index among n-1, shifted past the anchor.
     other_draws = rng.integers(0, len(all_users) - 1, size=n_pairs)
     doc_draws = rng.random(n_pairs)
-    positions: dict[str, dict[str, int]] = {}
 
-    def anchor_position(user: str, doc_id: str) -> int:
-        if user not in positions:
-            positions[user] = {d.doc_id: i for i, d in enumerate(documents_by_user[user])}
-        return positions[user][doc_id]
+    pools = [documents_by_user[u] for u in all_users]
+    pool_sizes = np.array([len(pool) for pool in pools])
+    user_rank = {u: i for i, u in enumerate(all_users)}
+    eligible_user = np.empty(len(eligible), dtype=np.int64)
+    eligible_position = np.empty(len(eligible), dtype=np.int64)
+    positions: dict[str, int] = {}
+    # Most documents drawn as the other side are some example's target: reuse that string
+    # instead of joining a second copy of it (hundreds of MB at a million documents).
+    target_at: dict[tuple[int, int], str] = {}
+    for i, example in enumerate(eligible):  # eligible examples are grouped by user
+        rank = user_rank[example["user_id"]]
+        if i == 0 or rank != eligible_user[i - 1]:
+            positions = {d.doc_id: p for p, d in enumerate(pools[rank])}
+        eligible_user[i] = rank
+        eligible_position[i] = position = positions[example["doc_id"]]
+        target_at[rank, position] = example["target"]
 
-    pairs = []
-    for anchor, positive, other_draw, doc_draw in zip(anchors, labels, other_draws, doc_draws):
-        user = anchor["user_id"]
-        if positive:
-            # Any of the user's documents but the anchor: draw among n-1, shift past it.
-            pool = documents_by_user[user]
-            position = int(doc_draw * (len(pool) - 1))
-            position += position >= anchor_position(user, anchor["doc_id"])
-            other = pool[position]
-        else:
-            other_index = int(other_draw) + (int(other_draw) >= user_rank[user])
-            pool = documents_by_user[all_users[other_index]]
-            other = pool[int(doc_draw * len(pool))]
-        pairs.append({
-            "text_a": anchor["target"],
-            "text_b": join_title_and_text(other.title, other.text),
+    anchor_user = eligible_user[anchor_indices]
+    # Positive: any of the user's documents but the anchor (draw among n-1, shift past it).
+    positive_position = np.floor(doc_draws * (pool_sizes[anchor_user] - 1)).astype(np.int64)
+    positive_position += positive_position >= eligible_position[anchor_indices]
+    # Negative: a document of another user of the same split.
+    negative_user = other_draws + (other_draws >= anchor_user)
+    negative_position = np.floor(doc_draws * pool_sizes[negative_user]).astype(np.int64)
+    other_user = np.where(labels, anchor_user, negative_user)
+    other_position = np.where(labels, positive_position, negative_position)
+
+    # Join the other side's texts in (user, position) order, again for memory locality.
+    other_texts: list[str] = [""] * n_pairs
+    other_user_list, other_position_list = other_user.tolist(), other_position.tolist()
+    for k in np.lexsort((other_position, other_user)).tolist():
+        user, position = other_user_list[k], other_position_list[k]
+        text = target_at.get((user, position))
+        if text is None:
+            document = pools[user][position]
+            text = join_title_and_text(document.title, document.text)
+        other_texts[k] = text
+    return [
+        {
+            "text_a": eligible[anchor]["target"],
+            "text_b": text_b,
             "label": "true" if positive else "false",
-            "user_id": user,
-            "other_user_id": other.user_id,
-        })
-    return pairs
+            "user_id": all_users[user],
+            "other_user_id": all_users[other],
+        }
+        for anchor, text_b, positive, user, other in zip(
+            anchor_indices.tolist(), other_texts, labels.tolist(), anchor_user.tolist(), other_user_list)
+    ]
 
 
 # ---------------------------------------------------------------------------
@@ -289,11 +312,28 @@ def build_examples(
     progress: bool = False,
 ) -> ExamplesResult:
     """Builds examples, splits and author pairs from a stream of Documents."""
+    # Millions of long-lived, acyclic records make every full garbage collection walk them
+    # all (seconds over a run); nothing here builds reference cycles worth collecting.
+    with _garbage_collection_paused():
+        return _build_examples(documents, config=config, report=report, progress=progress)
+
+
+@contextlib.contextmanager
+def _garbage_collection_paused() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _build_examples(
+    documents: Iterable[Document], *, config: ExampleConfig, report: StageReport | None, progress: bool,
+) -> ExamplesResult:
     report = report if report is not None else StageReport()
     by_user = group_documents_by_user(documents)
-    # Millions of long-lived documents make every full garbage collection walk them all;
-    # they hold no reference cycles, so exempt them from collection.
-    gc.freeze()
     n_input_documents = sum(len(v) for v in by_user.values())
     users = sorted(by_user)
     iterator: Iterable[str] = users

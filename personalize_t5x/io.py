@@ -12,13 +12,17 @@ import gzip
 import io
 import json
 import os
+import queue
 import tempfile
+import threading
 from typing import IO, Any, Iterable, Iterator
 
 import orjson
+from isal import igzip, isal_zlib
 
-# Level 1 compresses text ~4x at several times level 6's speed; the pipeline's stage
-# outputs are written once and read a few times, so speed wins.
+# Gzip goes through ISA-L (python-isal): the same gzip format as zlib's, deflated ~5x and
+# inflated ~2x faster; its level 1 compresses text ~7x. Stage outputs are written once
+# and read a few times, so speed wins.
 GZIP_LEVEL = 1
 
 
@@ -26,23 +30,88 @@ def is_gzip_path(path: str | os.PathLike) -> bool:
     return os.fspath(path).endswith(".gz")
 
 
-def open_text_for_read(path: str | os.PathLike) -> IO[str]:
-    """Opens a UTF-8 text file, transparently gunzipping `*.gz` paths.
+def open_binary_for_read(path: str | os.PathLike) -> IO[bytes]:
+    """Opens a file for binary reading, transparently gunzipping `*.gz` paths."""
+    return igzip.open(path, "rb") if is_gzip_path(path) else open(path, "rb")
 
-    Decoding is strict: invalid UTF-8 raises UnicodeDecodeError, which callers turn
-    into a located error (file and line) instead of silently replacing bytes.
+
+_READ_BLOCK_BYTES = 1 << 22
+_BLOCKS_AHEAD = 4
+
+
+def _iter_gunzipped_blocks(path: str | os.PathLike) -> Iterator[bytes]:
+    """Decompressed blocks of a gzip file, inflated on a background thread.
+
+    The inflater releases the GIL while it works, so the caller's parsing on one core overlaps
+    the decompression on the other. Errors (a truncated or corrupt stream) are re-raised
+    in the caller; closing the generator early stops the thread.
     """
-    raw: IO[bytes]
-    raw = gzip.open(path, "rb") if is_gzip_path(path) else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="\n")
+    blocks: queue.Queue = queue.Queue(maxsize=_BLOCKS_AHEAD)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                blocks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def inflate() -> None:
+        # The inflater directly, with large inputs: gzip.GzipFile inflates 128 KB at a time,
+        # and each return to Python makes this thread wait for the parser's GIL slice.
+        try:
+            with open(path, "rb") as f:
+                member = isal_zlib.decompressobj(wbits=31)
+                fed = False
+                while compressed := f.read(_READ_BLOCK_BYTES // 4):
+                    while compressed:
+                        fed = True
+                        block = member.decompress(compressed)
+                        if block and not put(block):
+                            return
+                        compressed = b""
+                        if member.eof:  # concatenated gzip members are one stream
+                            compressed, member, fed = member.unused_data, isal_zlib.decompressobj(wbits=31), False
+                if fed and not member.eof:
+                    raise EOFError(f"{os.fspath(path)}: compressed file ended before the end-of-stream marker")
+        except BaseException as error:  # handed to the consumer, which raises it
+            put(error)
+            return
+        put(None)
+
+    thread = threading.Thread(target=inflate, name=f"gunzip:{os.path.basename(os.fspath(path))}", daemon=True)
+    thread.start()
+    try:
+        while (item := blocks.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _iter_plain_blocks(path: str | os.PathLike) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while block := f.read(_READ_BLOCK_BYTES):
+            yield block
 
 
 def iter_binary_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
     """Yields (1-based line number, raw line bytes without the newline)."""
-    opener = gzip.open if is_gzip_path(path) else open
-    with opener(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            yield number, line.rstrip(b"\r\n")
+    blocks = _iter_gunzipped_blocks(path) if is_gzip_path(path) else _iter_plain_blocks(path)
+    number = 0
+    partial = b""
+    for block in blocks:
+        lines = (partial + block).split(b"\n") if partial else block.split(b"\n")
+        partial = lines.pop()
+        for line in lines:
+            number += 1
+            yield number, line.rstrip(b"\r")
+    if partial:
+        yield number + 1, partial.rstrip(b"\r")
 
 
 @contextlib.contextmanager
@@ -58,7 +127,7 @@ def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]
     try:
         with os.fdopen(fd, "wb") as raw:
             if is_gzip_path(path):
-                sink: IO[bytes] = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=GZIP_LEVEL)
+                sink: IO[bytes] = igzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=GZIP_LEVEL)
             else:
                 sink = raw
             try:

@@ -53,8 +53,35 @@ def join_title_and_text(title: str, text: str) -> str:
     return f"{title}\n{text}" if title else text
 
 
+_new_object = object.__new__
+
+
+def _document_from_valid_fields(values: dict[str, Any]) -> Document:
+    # The frozen dataclass's __init__ pays one object.__setattr__ per field, seconds over a
+    # million documents; the values are already validated, so fill the instance at once.
+    document = _new_object(Document)
+    document.__dict__.update(values)
+    return document
+
+
 def document_from_json(obj: Any, *, path: str = "<memory>", line: int = 0) -> Document:
     """Validates one decoded JSON object into a Document, or raises a located InputError."""
+    if type(obj) is dict:
+        # The common case, a record already in canonical form, is checked in one pass;
+        # anything else takes the field-by-field path below, which normalizes or names
+        # the offending field.
+        user_id, doc_id, timestamp = obj.get("user_id"), obj.get("doc_id"), obj.get("timestamp")
+        title, text = obj.get("title", ""), obj.get("text")
+        if (type(timestamp) is int and 0 <= timestamp < MAX_PLAUSIBLE_SECONDS and type(title) is str
+                and type(user_id) is str and user_id and not user_id.isspace()
+                and type(doc_id) is str and doc_id and not doc_id.isspace()
+                and type(text) is str and text and not text.isspace()):
+            return _document_from_valid_fields(
+                {"user_id": user_id, "doc_id": doc_id, "timestamp": timestamp, "title": title, "text": text})
+    return _document_from_json_checked(obj, path=path, line=line)
+
+
+def _document_from_json_checked(obj: Any, *, path: str, line: int) -> Document:
     if not isinstance(obj, dict):
         raise InputError(path, line, "<record>", f"expected a JSON object, got {type(obj).__name__}")
     values: dict[str, Any] = {}
@@ -88,7 +115,7 @@ def document_from_json(obj: Any, *, path: str = "<memory>", line: int = 0) -> Do
     if not text.strip():
         raise InputError(path, line, "text", "empty text")
     values["text"] = text
-    return Document(**values)
+    return _document_from_valid_fields(values)
 
 
 def read_documents(path: str | os.PathLike, *, report: StageReport | None = None) -> Iterator[Document]:
@@ -104,7 +131,7 @@ def read_documents(path: str | os.PathLike, *, report: StageReport | None = None
         raise InputError(path_str, 0, "<file>", "no such file")
     seen_ids: set[str] = set()
     for number, raw in io_lib.iter_binary_lines(path_str):
-        if not raw.strip():
+        if not raw or raw.isspace():
             continue
         try:
             try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import calendar
 import codecs
 import datetime as dt
-import gzip
 import hashlib
 import json
 import os
@@ -20,9 +19,7 @@ if TYPE_CHECKING:
 _READ_CHUNK = 1 << 20
 
 
-def open_binary(path: str) -> IO[bytes]:
-    """Opens a file for binary reading, gunzipping `*.gz` paths."""
-    return gzip.open(path, "rb") if io_lib.is_gzip_path(path) else open(path, "rb")
+open_binary = io_lib.open_binary_for_read
 
 
 def short_hash(*parts: str, length: int = 16) -> str:
