@@ -6,15 +6,16 @@ the real all-MiniLM-L6-v2 encoder in JAX) with the DirectRunner in multi-process
 once with 1 worker and once with 2, and prints examples/s of each and their ratio.
 
 Two forms are measured:
-  default threads   each worker uses whatever threads XLA/TF/BLAS pick (on a small
-                    machine one worker may already fill every core, which caps what a
-                    second worker can add);
-  one thread/worker XLA, TF and OpenMP limited to one thread in each worker, so the
-                    workers, not the libraries, supply the parallelism.
-The thread limits are environment variables the worker processes inherit.
+  default          each worker uses whatever threads XLA/TF/BLAS pick (on a small
+                   machine one worker's encoder already spreads over every core, which
+                   caps what a second worker can add);
+  one-core         FeaturesConfig.one_core_per_worker: each worker process claims a core
+                   of its own before JAX starts, so XLA runs one thread per worker and
+                   the workers, not the libraries, supply the parallelism (1 worker uses
+                   one core, 2 workers two).
 
 Usage: python bench/features_bench.py [--users 2000] [--docs-per-user 30]
-       [--strategies ...] [--forms default one-thread] [--repeats 2] [--workdir DIR]
+       [--strategies ...] [--forms default one-core] [--repeats 2] [--workdir DIR]
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ import sys
 import tempfile
 import time
 
+# Libraries that read a thread count from the environment; XLA sizes its pool from the
+# cores the process may run on, which one_core_per_worker restricts.
 ONE_THREAD_ENV = {
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
     "TF_NUM_INTRAOP_THREADS": "1",
     "TF_NUM_INTEROP_THREADS": "1",
     "OMP_NUM_THREADS": "1",
@@ -47,14 +49,16 @@ def build_examples_dir(directory: str, *, users: int, docs_per_user: int, seed: 
     return sum(len(v) for v in result.examples.values())
 
 
-def run_once(examples_dir: str, output_dir: str, *, workers: int, strategies: tuple[str, ...], encoder: str | None, env: dict[str, str]) -> tuple[float, int]:
+def run_once(examples_dir: str, output_dir: str, *, workers: int, strategies: tuple[str, ...], encoder: str | None, one_core: bool) -> tuple[float, int]:
     from personalize_t5x import features
 
+    env = ONE_THREAD_ENV if one_core else {}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
         config = features.FeaturesConfig(strategies=strategies, encoder_path=encoder, num_shards=2,
-                                         direct_num_workers=workers, direct_running_mode="multi_processing")
+                                         direct_num_workers=workers, direct_running_mode="multi_processing",
+                                         one_core_per_worker=one_core)
         start = time.perf_counter()
         result = features.run_features(examples_dir=examples_dir, output_dir=output_dir, config=config, force=True, progress=False)
         elapsed = time.perf_counter() - start
@@ -76,7 +80,7 @@ def main(argv=None) -> int:
     parser.add_argument("--docs-per-user", type=int, default=30)
     parser.add_argument("--strategies", nargs="+", default=list(feature_names.RANKING_STRATEGIES), choices=feature_names.RANKING_STRATEGIES)
     parser.add_argument("--encoder", default=None, help="sentence-transformers folder (default: bundled all-MiniLM-L6-v2)")
-    parser.add_argument("--forms", nargs="+", default=["default", "one-thread"], choices=["default", "one-thread"])
+    parser.add_argument("--forms", nargs="+", default=["default", "one-core"], choices=["default", "one-core"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each worker count (best kept; order alternates)")
     parser.add_argument("--workdir", default=None, help="keep inputs/outputs here (default: a temporary folder)")
@@ -95,14 +99,13 @@ def main(argv=None) -> int:
 
     rows = []
     for form in args.forms:
-        env = ONE_THREAD_ENV if form == "one-thread" else {}
         timings: dict[int, tuple[float, int]] = {}
         for repeat in range(args.repeats):
             # Alternate the order (1,2 then 2,1): a neighbour's load that comes and goes
             # then hurts both sides alike; the best time of each side is kept.
             for workers in ((1, 2) if repeat % 2 == 0 else (2, 1)):
                 out = os.path.join(workdir, f"features-{form}-{workers}")
-                elapsed, written = run_once(examples_dir, out, workers=workers, strategies=tuple(args.strategies), encoder=args.encoder, env=env)
+                elapsed, written = run_once(examples_dir, out, workers=workers, strategies=tuple(args.strategies), encoder=args.encoder, one_core=form == "one-core")
                 if workers not in timings or elapsed < timings[workers][0]:
                     timings[workers] = (elapsed, written)
                 print(f"  {form:<10} {workers} worker(s), run {repeat + 1}: {written} examples in {elapsed:7.1f} s = {written / elapsed:7.2f} examples/s", flush=True)

@@ -51,7 +51,7 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import personalize_t5x
-from personalize_t5x import feature_names, tfrecords
+from personalize_t5x import cpu_pinning, feature_names, tfrecords
 from personalize_t5x.corpus.errors import InputError, StageReport
 from personalize_t5x.corpus.records import Document, document_from_json
 from personalize_t5x.retrieval import ranking
@@ -88,6 +88,9 @@ class FeaturesConfig:
       examples_per_shard: the target shard size when num_shards is None.
       runner: Beam runner name, used unless pipeline_args name one.
       direct_num_workers, direct_running_mode: DirectRunner parallelism.
+      one_core_per_worker: each DirectRunner worker process claims a core of its own
+        (personalize_t5x.cpu_pinning), so XLA and BLAS run one thread per worker and N
+        workers use N cores; only with direct_running_mode="multi_processing".
       pipeline_args: extra Beam flags (e.g. "--runner=DataflowRunner", "--project=..."),
         passed to PipelineOptions untouched.
     """
@@ -102,6 +105,7 @@ class FeaturesConfig:
     runner: str = "DirectRunner"
     direct_num_workers: int = 2
     direct_running_mode: str = "multi_processing"
+    one_core_per_worker: bool = False
     pipeline_args: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -127,6 +131,9 @@ class FeaturesConfig:
             raise ValueError(f"direct_num_workers: expected >= 1, got {self.direct_num_workers}")
         if self.direct_running_mode not in ("in_memory", "multi_threading", "multi_processing"):
             raise ValueError(f"direct_running_mode: expected in_memory, multi_threading or multi_processing, got {self.direct_running_mode!r}")
+        if self.one_core_per_worker and self.direct_running_mode != "multi_processing":
+            raise ValueError("one_core_per_worker: needs direct_running_mode='multi_processing' "
+                             f"(workers in their own processes), got {self.direct_running_mode!r}")
         if self.encoder_factory is not None and not callable(self.encoder_factory):
             raise ValueError("encoder_factory: expected a callable")
         object.__setattr__(self, "pipeline_args", tuple(self.pipeline_args))
@@ -301,7 +308,19 @@ def parse_author_pair_line(path: str, number: int, line: bytes) -> dict[str, str
     return pair
 
 
-class _ReadDocumentsFn(beam.DoFn):
+class _WorkerDoFn(beam.DoFn):
+    """A DoFn whose worker process first claims a core of its own when asked
+    (FeaturesConfig.one_core_per_worker), before any library sizes its thread pools."""
+
+    def __init__(self, one_core_per_worker: bool = False):
+        self._one_core_per_worker = one_core_per_worker
+
+    def setup(self) -> None:
+        if self._one_core_per_worker:
+            cpu_pinning.claim_one_core()
+
+
+class _ReadDocumentsFn(_WorkerDoFn):
     """path -> (user_id, Document); bad lines are logged, skipped and counted."""
 
     def process(self, path):
@@ -319,7 +338,7 @@ class _ReadDocumentsFn(beam.DoFn):
                 yield document.user_id, document
 
 
-class _ReadExamplesFn(beam.DoFn):
+class _ReadExamplesFn(_WorkerDoFn):
     """(path, split) -> (user_id, example dict); bad lines are logged, skipped and counted."""
 
     def process(self, element):
@@ -335,7 +354,7 @@ class _ReadExamplesFn(beam.DoFn):
             yield example["user_id"], example
 
 
-class _ReadAuthorPairsFn(beam.DoFn):
+class _ReadAuthorPairsFn(_WorkerDoFn):
     """(path, split) -> (split, (sort key, pair)); bad lines are logged, skipped and counted."""
 
     def process(self, element):
@@ -440,7 +459,7 @@ def _serialize_keyed_pair(element):
     return split, (key, serialize_author_pair(pair))
 
 
-class RankUserFn(beam.DoFn):
+class RankUserFn(_WorkerDoFn):
     """(user_id, {"documents": [...], "examples": [...]}) -> (split, (example_id, tf.Example bytes)).
 
     The encoder is loaded once per worker in setup(); each user gets one call of
@@ -448,10 +467,12 @@ class RankUserFn(beam.DoFn):
     """
 
     def __init__(self, config: FeaturesConfig):
+        super().__init__(config.one_core_per_worker)
         self._config = config
         self._encoder = None
 
     def setup(self) -> None:
+        super().setup()  # before the encoder brings in JAX
         self._encoder = load_encoder(self._config)
         self._users_done = self._examples_done = 0
         self._last_log = time.monotonic()
@@ -504,14 +525,15 @@ def shards_for_count(count: int, config: FeaturesConfig) -> int:
     return max(1, math.ceil(count / config.examples_per_shard))
 
 
-class _WriteShardFn(beam.DoFn):
+class _WriteShardFn(_WorkerDoFn):
     """((prefix, shard, of), [(sort key, record bytes)]) -> the shard's file name.
 
     Sorted records go to a hidden temporary file renamed into place: a retried or
     killed worker never leaves a partial file under a final shard name.
     """
 
-    def __init__(self, output_dir: str):
+    def __init__(self, output_dir: str, one_core_per_worker: bool = False):
+        super().__init__(one_core_per_worker)
         self._output_dir = output_dir
 
     def process(self, element):
@@ -543,7 +565,7 @@ def _write_sharded(records: beam.PCollection, *, kind: str, output_dir: str, con
         records
         | f"{label}KeyByShard" >> beam.Map(_key_by_shard, beam.pvalue.AsDict(counts), kind=kind, config=config).with_output_types(Any)
         | f"{label}GroupByShard" >> beam.GroupByKey()
-        | f"{label}WriteShards" >> beam.ParDo(_WriteShardFn(output_dir))
+        | f"{label}WriteShards" >> beam.ParDo(_WriteShardFn(output_dir, config.one_core_per_worker))
     )
 
 
@@ -552,12 +574,12 @@ def build_pipeline(pipeline: beam.Pipeline, *, examples_dir: str, output_dir: st
     documents = (
         pipeline
         | "DocumentPaths" >> beam.Create([documents_path(examples_dir)])
-        | "ReadDocuments" >> beam.ParDo(_ReadDocumentsFn())
+        | "ReadDocuments" >> beam.ParDo(_ReadDocumentsFn(config.one_core_per_worker))
     )
     examples = (
         pipeline
         | "ExamplePaths" >> beam.Create([(examples_path(examples_dir, s), s) for s in splits])
-        | "ReadExamples" >> beam.ParDo(_ReadExamplesFn())
+        | "ReadExamples" >> beam.ParDo(_ReadExamplesFn(config.one_core_per_worker))
     )
     ranked = (
         {"documents": documents, "examples": examples}
@@ -568,7 +590,7 @@ def build_pipeline(pipeline: beam.Pipeline, *, examples_dir: str, output_dir: st
     pairs = (
         pipeline
         | "AuthorPairPaths" >> beam.Create([(author_pairs_path(examples_dir, s), s) for s in splits])
-        | "ReadAuthorPairs" >> beam.ParDo(_ReadAuthorPairsFn())
+        | "ReadAuthorPairs" >> beam.ParDo(_ReadAuthorPairsFn(config.one_core_per_worker))
         | "SerializeAuthorPairs" >> beam.Map(_serialize_keyed_pair).with_output_types(Any)
     )
     _write_sharded(pairs, kind="author_pairs", output_dir=output_dir, config=config, label="AuthorPairs")

@@ -224,7 +224,9 @@ def test_a_second_run_with_other_bundling_gives_byte_identical_shards(built, tmp
 def test_multi_process_runner_gives_byte_identical_shards(built, tmp_path):
     root, _, _ = built
     first = shard_bytes(root / "features")
-    config = fast_config(direct_running_mode="multi_processing", direct_num_workers=2)
+    # Workers pinned to a core each (the one-core-per-worker form); the unpinned default
+    # runs in the demo and the end-to-end test.
+    config = fast_config(direct_running_mode="multi_processing", direct_num_workers=2, one_core_per_worker=True)
     features.run_features(examples_dir=str(root / "examples"), output_dir=str(tmp_path / "f2"), config=config, progress=False)
     second = shard_bytes(tmp_path / "f2")
     assert first.keys() == second.keys() and len(first) == 12
@@ -363,6 +365,8 @@ def test_config_validation_and_runner_options():
         features.FeaturesConfig(num_shards=0)
     with pytest.raises(ValueError, match="direct_running_mode"):
         features.FeaturesConfig(direct_running_mode="threads")
+    with pytest.raises(ValueError, match="one_core_per_worker"):
+        features.FeaturesConfig(direct_running_mode="in_memory", one_core_per_worker=True)
     assert features.FeaturesConfig(strategies=("rank_snippet", "recent_doc")).strategies == ("recent_doc", "rank_snippet")
     assert not features.FeaturesConfig(strategies=("recent_doc",)).needs_encoder
 

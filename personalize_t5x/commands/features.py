@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runner", default=None, help="Beam runner (default DirectRunner); other Beam flags pass through")
     parser.add_argument("--direct-num-workers", type=int, default=2)
     parser.add_argument("--direct-running-mode", default="multi_processing", choices=("in_memory", "multi_threading", "multi_processing"))
+    parser.add_argument("--one-core-per-worker", action="store_true",
+                        help="pin each DirectRunner worker process to a core of its own, so the encoder runs one thread per "
+                             "worker and N workers use N cores (multi_processing only)")
     parser.add_argument("--force", action="store_true", help="recompute even the splits the manifest marks finished")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("beam_args", nargs="*", help=argparse.SUPPRESS)
@@ -74,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         runner=args.runner or "DirectRunner",
         direct_num_workers=args.direct_num_workers,
         direct_running_mode=args.direct_running_mode,
+        one_core_per_worker=args.one_core_per_worker,
         pipeline_args=tuple(beam_args),
     )
     result = features.run_features(examples_dir=args.examples_dir, output_dir=args.output_dir, config=config,
