@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
+import operator
 import os
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -87,12 +88,15 @@ def user_rng(seed: int, user_id: str, purpose: str) -> np.random.Generator:
 # Per-user steps (pure functions of one user's documents).
 # ---------------------------------------------------------------------------
 
+_TIME_THEN_ID = operator.attrgetter("timestamp", "doc_id")
+
+
 def dedup_user_documents(documents: Iterable[Document]) -> tuple[list[Document], int]:
     """Drops repeated (title, text) within one user's history; keeps the earliest copy.
 
     Returns the kept documents sorted by (timestamp, doc_id) and the number dropped.
     """
-    ordered = sorted(documents, key=lambda d: (d.timestamp, d.doc_id))
+    ordered = sorted(documents, key=_TIME_THEN_ID)
     seen: set[tuple[str, str]] = set()
     kept = []
     for document in ordered:
@@ -364,16 +368,15 @@ def _build_examples(
             for example, split in zip(examples, split_user_examples_by_time(examples, fractions=config.split_fractions)):
                 example["split"] = split
                 by_split[split].append(example)
-    author_pairs = {
-        split: build_author_pairs(
-            by_split[split], deduped, seed=config.seed, pairs_per_example=config.author_pairs_per_example, split=split)
-        for split in SPLITS
-    }
-    if config.split_mode == "time":
-        # Users are shared across splits here; evaluation pairs would pair documents the
-        # model trained on, so only the training pairs are meaningful.
-        author_pairs["validation"] = []
-        author_pairs["test"] = []
+    author_pairs: dict[str, list[dict[str, Any]]] = {}
+    for split in SPLITS:
+        if config.split_mode == "time" and split != "train":
+            # Users are shared across splits here; evaluation pairs would pair documents
+            # the model trained on, so only the training pairs are meaningful.
+            author_pairs[split] = []
+        else:
+            author_pairs[split] = build_author_pairs(
+                by_split[split], deduped, seed=config.seed, pairs_per_example=config.author_pairs_per_example, split=split)
     kept_documents = [d for user in sorted(deduped) for d in deduped[user]]
     report.kept = sum(len(v) for v in by_split.values())
     stats = dataset_stats(by_split, author_pairs, n_input_documents=n_input_documents,
