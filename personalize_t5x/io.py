@@ -20,6 +20,8 @@ from typing import IO, Any, Iterable, Iterator
 import orjson
 from isal import igzip, isal_zlib
 
+from personalize_t5x.corpus.errors import InputError
+
 # Gzip goes through ISA-L (python-isal): the same gzip format as zlib's, deflated ~5x and
 # inflated ~2x faster; its level 1 compresses text ~7x. Stage outputs are written once
 # and read a few times, so speed wins.
@@ -97,6 +99,27 @@ def _iter_plain_blocks(path: str | os.PathLike) -> Iterator[bytes]:
     with open(path, "rb") as f:
         while block := f.read(_READ_BLOCK_BYTES):
             yield block
+
+
+def iter_json_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSONL(.gz) file.
+
+    A missing file, a line that is not JSON and a line that is not an object raise an
+    InputError naming the file and line.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(path, 0, "", "file not found")
+    for number, raw in iter_binary_lines(path):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(path, number, "", f"not a JSON line: {error}") from None
+        if not isinstance(record, dict):
+            raise InputError(path, number, "", "expected a JSON object")
+        yield number, record
 
 
 def iter_binary_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:

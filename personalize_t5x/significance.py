@@ -19,7 +19,6 @@ undefined: p is 1 if they are all zero and 0 otherwise.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Iterable, Sequence
 
@@ -60,19 +59,7 @@ def read_predictions(path: str) -> list[Prediction]:
     """Reads a prediction file; bad lines raise InputError naming file, line and field."""
     records: list[Prediction] = []
     seen: dict[str, int] = {}
-    try:
-        lines = list(io_lib.iter_binary_lines(path))
-    except FileNotFoundError:
-        raise InputError(path, 0, "", "file not found") from None
-    for number, raw in lines:
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InputError(path, number, "", f"not a JSON line: {error}") from None
-        if not isinstance(record, dict):
-            raise InputError(path, number, "", "expected a JSON object")
+    for number, record in io_lib.iter_json_objects(path):
         target_field = "target" if "target" in record else "reference"
         for field in ("example_id", target_field, "prediction"):
             if not isinstance(record.get(field), str):

@@ -18,7 +18,6 @@ Any SentencePiece model works through configuration (e.g. T5's own
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 from typing import Iterable, Iterator
@@ -62,17 +61,7 @@ def split_into_sentences(text: str, max_bytes: int = MAX_SENTENCE_BYTES) -> Iter
 
 
 def _iter_jsonl_texts(path: str, fields: tuple[str, ...]) -> Iterator[str]:
-    if not os.path.exists(path):
-        raise InputError(path, 0, "", "file not found")
-    for number, raw in io_lib.iter_binary_lines(path):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InputError(path, number, "", f"not a JSON line: {error}") from None
-        if not isinstance(record, dict):
-            raise InputError(path, number, "", "expected a JSON object")
+    for number, record in io_lib.iter_json_objects(path):
         for field in fields:
             value = record.get(field)
             if not isinstance(value, str):
