@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from personalize_t5x import examples as examples_lib  # noqa: E402
 from personalize_t5x.corpus.records import Document, join_title_and_text  # noqa: E402
 from personalize_t5x.retrieval import ranking  # noqa: E402
 from personalize_t5x.retrieval import text as text_lib  # noqa: E402
@@ -105,17 +106,8 @@ def make_corpus(num_users: int, docs_per_user: int, seed: int = 0, min_chars: in
     return corpus
 
 
-def make_examples(docs: list[Document], min_profile: int = 2) -> list[dict]:
-    ordered = sorted(docs, key=lambda d: (d.timestamp, d.doc_id))
-    examples = []
-    for i, doc in enumerate(ordered):
-        if i < min_profile:
-            continue
-        full = join_title_and_text(doc.title, doc.text)
-        examples.append({"example_id": f"{doc.user_id}/{doc.doc_id}", "user_id": doc.user_id, "split": "train", "doc_id": doc.doc_id,
-                         "timestamp": doc.timestamp, "title": doc.title, "immediate_context": full[:150], "target": full,
-                         "profile": [d.doc_id for d in ordered[:i]]})
-    return examples
+def make_examples(docs, min_profile=2):
+    return examples_lib.one_example_per_document(docs, min_profile_docs=min_profile)
 
 
 def baseline_rank(example: dict, by_id: dict[str, Document], encoder, config: ranking.RankingConfig, *, dense: bool = True) -> dict[str, str]:

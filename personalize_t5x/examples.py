@@ -165,6 +165,21 @@ def build_user_examples(
     return examples
 
 
+def one_example_per_document(
+    documents: Sequence[Document], *, min_profile_docs: int = 0, split: str = "train"
+) -> list[dict[str, Any]]:
+    """Every document with at least `min_profile_docs` strictly earlier ones, as an example
+    of `split`, with none of the paper's other filters: inputs for testing and benchmarking
+    the later stages on small hand-made corpora."""
+    ordered = sorted(documents, key=_TIME_THEN_ID)
+    config = ExampleConfig(min_target_chars=0, min_profile_docs=min_profile_docs, min_examples_per_user=1,
+                           max_examples_per_user=max(1, len(ordered)))
+    examples = build_user_examples(ordered, config=config, report=StageReport())
+    for example in examples:
+        example["split"] = split
+    return examples
+
+
 # ---------------------------------------------------------------------------
 # Splits.
 # ---------------------------------------------------------------------------

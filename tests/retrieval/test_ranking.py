@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from rank_bm25 import BM25Okapi
 
+from personalize_t5x import examples as examples_lib
 from personalize_t5x import feature_names
 from personalize_t5x.corpus.records import Document, join_title_and_text
 from personalize_t5x.retrieval import encoders, ranking
@@ -56,16 +57,7 @@ def make_user(num_docs=8, seed=0, user="u1"):
 
 
 def make_examples(docs, min_profile=0):
-    ordered = sorted(docs, key=lambda d: (d.timestamp, d.doc_id))
-    examples = []
-    for i, doc in enumerate(ordered):
-        if i < min_profile:
-            continue
-        full = join_title_and_text(doc.title, doc.text)
-        examples.append({"example_id": f"{doc.user_id}/{doc.doc_id}", "user_id": doc.user_id, "split": "train", "doc_id": doc.doc_id,
-                         "timestamp": doc.timestamp, "title": doc.title, "immediate_context": full[:150], "target": full,
-                         "profile": [d.doc_id for d in ordered[:i]]})
-    return examples
+    return examples_lib.one_example_per_document(docs, min_profile_docs=min_profile)
 
 
 def test_strategies_and_config():
