@@ -29,8 +29,8 @@ import json, os, sys, time
 core = int(sys.argv[1])
 if core >= 0:
     os.sched_setaffinity(0, {core})  # before JAX starts, as the features workers do
-from personalize_t5x import synthetic
-from personalize_t5x.retrieval import encoders
+from personalize_t5x.pipeline import synthetic
+from personalize_t5x.pipeline.retrieval import encoders
 n = int(sys.argv[2])
 encoder = encoders.SentenceEncoder.from_pretrained(encoders.default_encoder_path())
 texts = [d.text[:250] for d in synthetic.generate_corpus(num_users=max(1, n // 20), docs_per_user=30, seed=0)][:n]

@@ -32,7 +32,7 @@ sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
 
-from personalize_t5x.retrieval import text as text_lib  # noqa: E402
+from personalize_t5x.pipeline.retrieval import text as text_lib  # noqa: E402
 
 INSTALL_HINT = ("pip install torch sentence-transformers  (CPU wheels; e.g. in a throwaway venv, then pass "
                 "--peer-path <venv>/lib/python3.X/site-packages)")
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from personalize_t5x.retrieval.encoders import SentenceEncoder, default_encoder_path
+    from personalize_t5x.pipeline.retrieval.encoders import SentenceEncoder, default_encoder_path
 
     model_dir = args.model or str(default_encoder_path())
     snippets = make_snippets(args.snippets, args.seed)

@@ -25,8 +25,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from personalize_t5x.corpus.records import write_documents  # noqa: E402
-from personalize_t5x.synthetic import generate_corpus  # noqa: E402
+from personalize_t5x.pipeline.corpus.records import write_documents  # noqa: E402
+from personalize_t5x.pipeline.synthetic import generate_corpus  # noqa: E402
 
 PEER_SCRIPT = """
 import gzip, json, sys

@@ -38,8 +38,8 @@ ONE_THREAD_ENV = {
 
 
 def build_examples_dir(directory: str, *, users: int, docs_per_user: int, seed: int) -> int:
-    from personalize_t5x import examples as examples_lib
-    from personalize_t5x import synthetic
+    from personalize_t5x.pipeline import examples as examples_lib
+    from personalize_t5x.pipeline import synthetic
 
     documents = synthetic.generate_corpus(num_users=users, docs_per_user=docs_per_user, seed=seed)
     # Every user in every split would leave validation/test tiny at small --users; the
@@ -50,7 +50,7 @@ def build_examples_dir(directory: str, *, users: int, docs_per_user: int, seed: 
 
 
 def run_once(examples_dir: str, output_dir: str, *, workers: int, strategies: tuple[str, ...], encoder: str | None, one_core: bool) -> tuple[float, int]:
-    from personalize_t5x import features
+    from personalize_t5x.pipeline import features
 
     env = ONE_THREAD_ENV if one_core else {}
     saved = {k: os.environ.get(k) for k in env}
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     workdir = args.workdir or tempfile.mkdtemp(prefix="features-bench-")
     examples_dir = os.path.join(workdir, "examples")
     if os.path.exists(os.path.join(examples_dir, "stats.json")):
-        from personalize_t5x import examples as examples_lib
+        from personalize_t5x.pipeline import examples as examples_lib
 
         n_examples = sum(1 for s in feature_names.SPLITS for _ in examples_lib.read_examples(examples_dir, s))
     else:

@@ -33,10 +33,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from personalize_t5x import examples as examples_lib  # noqa: E402
-from personalize_t5x.corpus.records import Document, join_title_and_text  # noqa: E402
-from personalize_t5x.retrieval import ranking  # noqa: E402
-from personalize_t5x.retrieval import text as text_lib  # noqa: E402
+from personalize_t5x.pipeline import examples as examples_lib  # noqa: E402
+from personalize_t5x.pipeline.corpus.records import Document, join_title_and_text  # noqa: E402
+from personalize_t5x.pipeline.retrieval import ranking  # noqa: E402
+from personalize_t5x.pipeline.retrieval import text as text_lib  # noqa: E402
 
 # Common English words: WordPiece keeps nearly all of them whole, so token counts per
 # character are those of real English text (about one token per 4-5 characters).
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from personalize_t5x.retrieval.encoders import SentenceEncoder
+    from personalize_t5x.pipeline.retrieval.encoders import SentenceEncoder
 
     started = time.perf_counter()
     corpus = make_corpus(args.users, args.docs_per_user, seed=args.seed)

@@ -88,8 +88,9 @@ def bench_jax(steps: int, decode_batches: int) -> dict:
     import jax
     import numpy as np
 
-    from personalize_t5x import partitioning, trainer as trainer_lib
-    from personalize_t5x.models import encoder_decoder, t5
+    from personalize_t5x.trainer import partitioning, trainer as trainer_lib
+    from personalize_t5x.trainer import models as encoder_decoder
+    from personalize_t5x.network import t5
 
     config = t5.T5Config(**SMALL_CPU, dtype="bfloat16", mlp_activations=("gelu", "linear"), dropout_rate=0.0)
     # eos_id outside the vocabulary: decoding runs the full 64 steps, as the peer is told to.

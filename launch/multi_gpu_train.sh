@@ -26,7 +26,7 @@ LENGTHS="${LENGTHS:-$DEFAULT_LENGTHS}"
 NUM_PARTITIONS="${NUM_PARTITIONS:-1}"
 
 cd "$(dirname "$0")/.."
-exec python3 -m personalize_t5x.train \
+exec python3 -m personalize_t5x.trainer.train \
   --multiprocess_gpu \
   --coordinator_address="${COORDINATOR}" \
   --process_count="${NUM_HOSTS}" \

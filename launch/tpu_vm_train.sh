@@ -17,7 +17,7 @@ DEFAULT_LENGTHS="{'inputs': 1024, 'targets': 512}"
 LENGTHS="${LENGTHS:-$DEFAULT_LENGTHS}"
 
 printf -v EXTRA ' %q' "$@"
-COMMAND="cd ${REPO_DIR} && python3 -m personalize_t5x.train \
+COMMAND="cd ${REPO_DIR} && python3 -m personalize_t5x.trainer.train \
   --gin_file=${MODEL_GIN} --gin_file=${RUN_GIN} \
   --gin.MODEL_DIR=\"'${MODEL_DIR}'\" \
   --gin.MIXTURE_OR_TASK_NAME=\"'${TASK}'\" \

@@ -20,9 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "features": ("personalize_t5x.commands.features", "retrieval and ranking features (Apache Beam) as TFRecords"),
     "eval-retrieval": ("personalize_t5x.commands.eval_retrieval", "ROUGE of each ranker's text against the target"),
     "vocab": ("personalize_t5x.commands.vocab", "train a SentencePiece vocabulary on the training split"),
-    "train": ("personalize_t5x.train", "train a T5 model (T5X flags: --gin_file, --gin.NAME=VALUE)"),
-    "eval": ("personalize_t5x.evaluate", "evaluate a checkpoint on a SeqIO task or mixture"),
-    "infer": ("personalize_t5x.infer", "write predictions of a checkpoint as JSONL"),
+    "train": ("personalize_t5x.trainer.train", "train a T5 model (T5X flags: --gin_file, --gin.NAME=VALUE)"),
+    "eval": ("personalize_t5x.trainer.eval", "evaluate a checkpoint on a SeqIO task or mixture"),
+    "infer": ("personalize_t5x.trainer.infer", "write predictions of a checkpoint as JSONL"),
     "compare": ("personalize_t5x.commands.compare", "paired t-test between two prediction files"),
     "demo": ("personalize_t5x.commands.demo", "run the whole pipeline on the bundled demo corpus"),
 }
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog=f"personalize-t5x {name}", description=available[name][1])
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
-    from personalize_t5x.corpus.errors import InputError  # light import, no TF
+    from personalize_t5x.errors import InputError  # light import, no TF
 
     try:
         return int(module.run(args) or 0)

@@ -14,9 +14,9 @@ Register any other features folder with one call:
     tasks.register_dataset("mydata", features_dir="/data/mydata/features",
                            vocabulary="/data/mydata/vocab/spm.model")
 
-tasks/README.md and tasks/registry.py document names, layouts, vocabularies and options.
+tasks/README.md and personalize_t5x/tasks/registry.py document names, layouts, vocabularies and options.
 """
-from tasks.registry import (  # noqa: F401
+from personalize_t5x.tasks.registry import (  # noqa: F401
     DATA_DIR_ENV,
     VOCAB_ENV,
     RegisteredDataset,
@@ -29,6 +29,6 @@ from tasks.registry import (  # noqa: F401
     task_name,
     unregister_dataset,
 )
-from personalize_t5x.prompts import VARIANTS  # noqa: F401
+from personalize_t5x.tasks.prompts import VARIANTS  # noqa: F401
 
 register_data_dir()

@@ -17,3 +17,4 @@ def require_shared(relative: str) -> pathlib.Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (a fresh clone without ../shared); this test needs it")
     return path
+FIXTURES = REPO_ROOT / "tests" / "fixtures"

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from personalize_t5x import examples as ex
-from personalize_t5x import features as features_lib
-from personalize_t5x import vocab as vocab_lib
-from personalize_t5x.synthetic import generate_corpus
+from personalize_t5x.pipeline import examples as ex
+from personalize_t5x.pipeline import features as features_lib
+from personalize_t5x.tasks import vocab as vocab_lib
+from personalize_t5x.pipeline.synthetic import generate_corpus
 
 DATASET = "e2e"
 MIXTURE = f"personalize_{DATASET}_rank_doc_by_snpt_author_mix"
@@ -49,7 +49,7 @@ def test_corpus_to_trained_and_evaluated_model(tmp_path):
     env = {**os.environ, "PERSONALIZE_T5X_DATA_DIR": str(data_dir)}
     model_dir = tmp_path / "model"
     common = [f"--gin.VOCAB_SIZE={vocab_size}", "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 48}"]
-    log = _python("personalize_t5x.train", "--gin_file=experiments/demo_tiny_cpu.gin",
+    log = _python("personalize_t5x.trainer.train", "--gin_file=experiments/demo_tiny_cpu.gin",
                   f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{MIXTURE}'",
                   "--gin.TRAIN_STEPS=4", "--gin.EVAL_PERIOD=0", "--gin.BATCH_SIZE=8", "--gin.LOG_PERIOD=2",
                   *common, env=env, cwd=repo)
@@ -57,7 +57,7 @@ def test_corpus_to_trained_and_evaluated_model(tmp_path):
     assert (model_dir / "checkpoint_4").is_dir() and (model_dir / "config.gin").exists()
 
     eval_dir = tmp_path / "eval"
-    _python("personalize_t5x.evaluate", "--gin_file=models/t5_1_1_tiny.gin", "--gin_file=runs/eval.gin",
+    _python("personalize_t5x.trainer.eval", "--gin_file=models/t5_1_1_tiny.gin", "--gin_file=runs/eval.gin",
             f"--gin.CHECKPOINT_PATH='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{MIXTURE}'",
             f"--gin.EVAL_OUTPUT_DIR='{eval_dir}'", "--gin.MIXTURE_OR_TASK_SPLIT='validation'",
             "--gin.PREDICT_OPTIONS={'method': 'greedy'}", *common, env=env, cwd=repo)

@@ -3,7 +3,7 @@
     personalize-t5x compare runs/syn_ctx/predictions.jsonl runs/author_pred/predictions.jsonl
 
 Both files are JSON lines with `example_id`, `target` (or `reference`) and `prediction`
-(see personalize_t5x/significance.py) over the same examples; files whose example ids
+(see personalize_t5x/tasks/significance.py) over the same examples; files whose example ids
 or targets differ are refused with a one-line error (exit status 2). Prints, per metric
 (BLEU, ROUGE-1/2/L, in %), both systems' corpus-level values, the t statistic and p of
 the paired test on per-example scores, and whether p < --alpha (0.01).
@@ -21,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from personalize_t5x import io as io_lib
-    from personalize_t5x import significance
+    from personalize_t5x.io import files as io_lib
+    from personalize_t5x.tasks import significance
 
     a = significance.read_predictions(args.a)
     b = significance.read_predictions(args.b)

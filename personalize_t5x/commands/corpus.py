@@ -7,8 +7,8 @@ import os
 import time
 from typing import Iterable, Iterator
 
-from personalize_t5x.corpus.errors import InputError, StageReport
-from personalize_t5x.corpus.records import Document, read_documents, write_documents
+from personalize_t5x.errors import InputError, StageReport
+from personalize_t5x.pipeline.corpus.records import Document, read_documents, write_documents
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +41,7 @@ def unique_doc_ids(documents: Iterable[Document], *, source: str, report: StageR
 
 
 def convert(*, fmt: str, inputs: list[str], output: str, skip_bad: bool = False) -> StageReport:
-    from personalize_t5x.corpus import readers
+    from personalize_t5x.pipeline.corpus import readers
 
     for path in inputs:
         if not os.path.exists(path):
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "convert":
         report = convert(fmt=args.format, inputs=args.input, output=args.output, skip_bad=args.skip_bad)
         report_path = args.report or f"{args.output}.report.json"
-        from personalize_t5x import io as io_lib
+        from personalize_t5x.io import files as io_lib
 
         io_lib.write_json(report_path, {"format": args.format, "inputs": args.input, **report.to_json()})
         print(f"wrote {report.kept:,} documents to {args.output}")

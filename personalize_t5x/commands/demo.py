@@ -12,7 +12,7 @@ import os
 import time
 from importlib import resources
 
-from personalize_t5x import examples as examples_lib
+from personalize_t5x.pipeline import examples as examples_lib
 from personalize_t5x.commands import corpus as corpus_command
 
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     _banner("2. examples build (paper filters, 85/5/10 user split, author pairs)")
     examples_dir = os.path.join(out, "examples")
     if not os.path.exists(os.path.join(examples_dir, examples_lib.STATS_FILE)):
-        from personalize_t5x.corpus.records import read_documents
+        from personalize_t5x.pipeline.corpus.records import read_documents
 
         result = examples_lib.build_examples(read_documents(documents_path),
                                              config=examples_lib.ExampleConfig(seed=args.seed))
@@ -107,13 +107,13 @@ def run(args: argparse.Namespace) -> int:
     common = [f"--gin.VOCAB_SIZE={vocab_size}", f"--gin.RANDOM_SEED={args.seed}"]
 
     _banner(f"6. train: tiny T5 1.1 from scratch on {mixture} ({args.train_steps} steps)")
-    _python("personalize_t5x.train", "--gin_file=experiments/demo_tiny_cpu.gin",
+    _python("personalize_t5x.trainer.train", "--gin_file=experiments/demo_tiny_cpu.gin",
             f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{mixture}'",
             f"--gin.TRAIN_STEPS={args.train_steps}", *common, env=env)
 
     _banner(f"7. infer + eval on the test users: {generation_task}")
     infer_dir = os.path.join(out, "infer")
-    _python("personalize_t5x.infer", "--gin_file=models/t5_1_1_tiny.gin", "--gin_file=runs/infer.gin",
+    _python("personalize_t5x.trainer.infer", "--gin_file=models/t5_1_1_tiny.gin", "--gin_file=runs/infer.gin",
             f"--gin.CHECKPOINT_PATH='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{generation_task}'",
             f"--gin.INFER_OUTPUT_DIR='{infer_dir}'", "--gin.MIXTURE_OR_TASK_SPLIT='test'",
             f"--gin.TASK_FEATURE_LENGTHS={FEATURE_LENGTHS}", *common, env=env)
@@ -127,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
 def write_report(*, predictions_path: str, examples_dir: str, report_dir: str) -> dict:
     """Scores the model against the simplest baseline on the same test examples: a
     prediction that only repeats the immediate context (what the model was given)."""
-    from personalize_t5x import io as io_lib
-    from personalize_t5x import significance
+    from personalize_t5x.io import files as io_lib
+    from personalize_t5x.tasks import significance
 
     model = significance.read_predictions(predictions_path)
     contexts = {e["example_id"]: e["immediate_context"] for e in examples_lib.read_examples(examples_dir, "test")}

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from personalize_t5x import retrieval_eval
+    from personalize_t5x.tasks import retrieval_eval
 
     config = retrieval_eval.RetrievalEvalConfig(
         splits=tuple(args.splits), strategies=tuple(args.strategies) if args.strategies else None,

@@ -5,9 +5,9 @@ import argparse
 import os
 import time
 
-from personalize_t5x import examples as examples_lib
-from personalize_t5x.corpus.errors import StageReport
-from personalize_t5x.corpus.records import read_documents
+from personalize_t5x.pipeline import examples as examples_lib
+from personalize_t5x.errors import StageReport
+from personalize_t5x.pipeline.corpus.records import read_documents
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -61,8 +61,8 @@ def format_summary(result: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from personalize_t5x import features
-    from personalize_t5x.retrieval import ranking
+    from personalize_t5x.pipeline import features
+    from personalize_t5x.pipeline.retrieval import ranking
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     beam_args = list(getattr(args, "beam_args", []))

@@ -6,7 +6,7 @@
 Reads `train.jsonl.gz` (and with --include-author-pairs `author_pairs_train.jsonl.gz`)
 of an examples folder; never validation or test. T5 conventions (pad 0, EOS 1, unk 2,
 no BOS); SeqIO adds the extra ids when the tasks load the model. See
-personalize_t5x/vocab.py. The same input and seed give a byte-identical model.
+personalize_t5x/tasks/vocab.py. The same input and seed give a byte-identical model.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from personalize_t5x import vocab
+    from personalize_t5x.tasks import vocab
 
     max_sentences = vocab.DEFAULT_MAX_SENTENCES if args.max_sentences is None else (args.max_sentences or None)
     sentences = vocab.training_sentences(

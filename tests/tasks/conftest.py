@@ -7,6 +7,7 @@ import pytest
 import seqio  # imported once per test process (~5 s)
 
 from task_fixtures import write_fixture_dataset
+from personalize_t5x.tasks import registry  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -27,19 +28,19 @@ def clean_registries():
     """Every test starts with empty SeqIO registries (seqio.test_utils); afterwards the
     registrations other test modules made at import time are put back, so running the
     whole suite in one process does not depend on the order of its modules."""
-    import tasks.registry
+    import personalize_t5x.tasks.registry
 
     saved = (dict(seqio.TaskRegistry._REGISTRY), dict(seqio.MixtureRegistry._REGISTRY),
-             dict(tasks.registry._REGISTERED))
+             dict(registry._REGISTERED))
 
     def clear():
         seqio.test_utils.clear_tasks()
         seqio.test_utils.clear_mixtures()
-        tasks.registry._REGISTERED.clear()
+        registry._REGISTERED.clear()
 
     clear()
     yield
     clear()
     seqio.TaskRegistry._REGISTRY.update(saved[0])
     seqio.MixtureRegistry._REGISTRY.update(saved[1])
-    tasks.registry._REGISTERED.update(saved[2])
+    registry._REGISTERED.update(saved[2])

@@ -4,7 +4,7 @@ The fixture writes, under a data directory laid out as tasks/README.md says:
 
     <data>/fixture/features/{train,validation,test}.tfrecord-SSSSS-of-NNNNN
     <data>/fixture/features/author_pairs_{train,validation,test}.tfrecord-...
-    <data>/fixture/vocab/spm.model      (trained with personalize_t5x.vocab)
+    <data>/fixture/vocab/spm.model      (trained with personalize_t5x.tasks.vocab)
 
 with every field of personalize_t5x.feature_names filled with text that names its
 example and field, so a layout that reads the wrong field shows in the strings.
@@ -18,7 +18,7 @@ import pathlib
 import tensorflow as tf
 
 from personalize_t5x import feature_names as fn
-from personalize_t5x import vocab as vocab_lib
+from personalize_t5x.tasks import vocab as vocab_lib
 
 SPLIT_SIZES = {"train": 6, "validation": 3, "test": 3}
 TRAIN_SHARDS = 2

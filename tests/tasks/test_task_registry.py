@@ -14,8 +14,9 @@ from rouge_score import rouge_scorer
 
 import tasks
 from personalize_t5x import feature_names as fn
-from personalize_t5x import prompts
+from personalize_t5x.tasks import prompts
 from task_fixtures import AUTHOR_PAIRS, SPLIT_SIZES, author_record, generation_record, write_shards
+from personalize_t5x.tasks import registry  # noqa: E402
 
 LENGTHS = {"inputs": 512, "targets": 128}
 
@@ -107,7 +108,7 @@ def test_mixture_samples_one_to_one(dataset):
 def test_generation_metrics_through_seqio_evaluator(dataset):
     record = generation_record("validation", 1)
     raw = {"validation": {k: record[k] for k in prompts.generation_layout("syn_ctx").required_features
-                          + tasks.registry.PASSTHROUGH_FEATURES}}
+                          + registry.PASSTHROUGH_FEATURES}}
     prediction = record[fn.IMMEDIATE_CONTEXT] + " and a different ending"
     result = seqio.test_utils.test_postprocessing(dataset.tasks["syn_ctx"], raw, predict_output=[prediction])
     # The prediction is decoded by the vocabulary, which normalizes the newline to a space.
@@ -123,7 +124,7 @@ def test_generation_metrics_through_seqio_evaluator(dataset):
 def test_remove_doc_start_is_scored_on_the_whole_document(dataset):
     record = generation_record("validation", 2)
     raw = {"validation": {k: record[k] for k in prompts.generation_layout("remove_doc_start").required_features
-                          + tasks.registry.PASSTHROUGH_FEATURES}}
+                          + registry.PASSTHROUGH_FEATURES}}
     continuation = record[fn.TARGET][len(record[fn.IMMEDIATE_CONTEXT]):]
     assert continuation.startswith(" and the rest")  # SentencePiece decoding drops this space
     result = seqio.test_utils.test_postprocessing(dataset.tasks["remove_doc_start"], raw, predict_output=[continuation])
@@ -146,7 +147,7 @@ def test_author_accuracy_through_seqio_evaluator(dataset):
 def test_preprocessing_single_with_injected_features(dataset):
     record = generation_record("train", 4)
     raw = {"train": {k: record[k] for k in prompts.generation_layout("user_id").required_features
-                     + tasks.registry.PASSTHROUGH_FEATURES}}
+                     + registry.PASSTHROUGH_FEATURES}}
     out = seqio.test_utils.test_preprocessing_single(dataset.tasks["user_id"], raw)
     assert out["inputs_pretokenized"].decode() == (
         "Finish the passage in the user voice. user id: user0 passage start: " + record[fn.IMMEDIATE_CONTEXT])

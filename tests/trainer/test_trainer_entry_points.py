@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
 
 
 def test_train_writes_checkpoints_config_model_info_and_summaries(trained, capsys):
-    from personalize_t5x.models import t5
+    from personalize_t5x.network import t5
 
     assert sorted(p.name for p in trained.glob("checkpoint_*")) == ["checkpoint_2", "checkpoint_4"]
     config = (trained / "config.gin").read_text()
@@ -64,7 +64,7 @@ def _summary_tags(logdir: pathlib.Path) -> dict:
 
 
 def test_gin_bindings_flag_and_shorthand_are_the_same_binding():
-    from personalize_t5x import gin_utils
+    from personalize_t5x.trainer import gin_utils
 
     rewritten = gin_utils.rewrite_gin_args(["--gin.TRAIN_STEPS=7", "--gin_file=x.gin", "--gin_bindings=A = 1"])
     assert rewritten == ["--gin_bindings=TRAIN_STEPS = 7", "--gin_file=x.gin", "--gin_bindings=A = 1"]
@@ -113,7 +113,7 @@ def test_gin_typo_in_a_binding_and_in_a_file(tmp_path, capsys):
     _one_line_error(capsys, train_args(tmp_path / "m", extra=["--gin.trainer.Trainer.num_microbatchs=2"]),
                     "num_microbatchs")
     bad = tmp_path / "bad.gin"
-    bad.write_text("from __gin__ import dynamic_registration\nfrom personalize_t5x import trainer\n"
+    bad.write_text("from __gin__ import dynamic_registration\nfrom personalize_t5x.trainer import trainer\n"
                    "trainer.Trainer.num_microbatchs = 2\n")
     _one_line_error(capsys, train_args(tmp_path / "m", extra=[f"--gin_file={bad}"]), "num_microbatchs", "bad.gin")
 

@@ -6,8 +6,8 @@ import gin
 import jax
 import pytest
 
-from personalize_t5x import gin_utils, partitioning, trainer as trainer_lib
-from personalize_t5x.train import train as train_fn
+from personalize_t5x.trainer import gin_utils, partitioning, trainer as trainer_lib
+from personalize_t5x.trainer.train import train as train_fn
 
 GIN_DIR = gin_utils.REPO_GIN_DIR
 ALL_GIN_FILES = sorted(p.relative_to(GIN_DIR).as_posix() for p in GIN_DIR.rglob("*.gin"))

@@ -25,7 +25,7 @@ def test_multi_gpu_script_passes_t5x_multihost_flags(tmp_path):
                             env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     args = (tmp_path / "python3.args").read_text().splitlines()
-    assert args[:2] == ["-m", "personalize_t5x.train"]
+    assert args[:2] == ["-m", "personalize_t5x.trainer.train"]
     for flag in ("--multiprocess_gpu", "--coordinator_address=host0:1234", "--process_count=2", "--process_index=1",
                  "--gin.MODEL_DIR='/shared/run'", "--gin.MIXTURE_OR_TASK_NAME='personalize_x_immed_ctx'",
                  "--gin.partitioning.PjitPartitioner.num_partitions=4", "--gin.BATCH_SIZE=64",
@@ -50,5 +50,5 @@ def test_tpu_vm_script_runs_the_trainer_on_every_worker(tmp_path):
     args = (tmp_path / "gcloud.args").read_text().splitlines()
     assert args[:5] == ["compute", "tpus", "tpu-vm", "ssh", "v4-32"] and "--worker=all" in args
     command = args[args.index("--command") + 1]
-    assert "python3 -m personalize_t5x.train" in command
+    assert "python3 -m personalize_t5x.trainer.train" in command
     assert "--gin.MODEL_DIR=\"'gs://bucket/run'\"" in command and "--gin.TRAIN_STEPS=5" in command

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from personalize_t5x import partitioning, trainer as trainer_lib
+from personalize_t5x.trainer import partitioning, trainer as trainer_lib
 from trainer_helpers import input_shapes, packed_batch, tiny_model
 
 

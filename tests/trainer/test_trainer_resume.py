@@ -42,10 +42,10 @@ def test_kill_9_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tmp_
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pathlib.Path(tiny_task.__file__).parent), str(REPO)]),
                JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    # T5X's way of calling it: `python -m personalize_t5x.train <flags>`, with --gin_bindings.
+    # T5X's way of calling it: `python -m personalize_t5x.trainer.train <flags>`, with --gin_bindings.
     flags = [f"--gin_bindings={a[len('--gin.'):].replace('=', ' = ', 1)}" if a.startswith("--gin.") else a
              for a in _args(tmp_path / "interrupted")[1:]]
-    command = [sys.executable, "-m", "personalize_t5x.train", *flags]
+    command = [sys.executable, "-m", "personalize_t5x.trainer.train", *flags]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first = tmp_path / "interrupted" / "checkpoint_2" / "commit_success.txt"
     deadline = time.time() + 300

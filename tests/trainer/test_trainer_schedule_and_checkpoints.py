@@ -6,8 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from personalize_t5x import checkpoints, partitioning, trainer as trainer_lib
+from personalize_t5x.trainer import checkpoints, partitioning, trainer as trainer_lib
 from trainer_helpers import input_shapes, packed_batch, tiny_model
+from shared_paths import FIXTURES  # noqa: E402
 
 
 def test_paper_schedule_warms_up_linearly_then_decays_as_inverse_sqrt():
@@ -87,9 +88,10 @@ def test_initial_params_from_an_upstream_t5x_checkpoint(layout):
 
 
 def test_initial_params_from_a_hugging_face_directory_and_a_bad_path(tmp_path):
-    hf_dir = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "hf_t5_tiny" / "t5_1_1"
-    from personalize_t5x import checkpoints_hf
-    from personalize_t5x.models import encoder_decoder, t5
+    hf_dir = FIXTURES / "hf_t5_tiny" / "t5_1_1"
+    from personalize_t5x.network import hf_checkpoints as checkpoints_hf
+    from personalize_t5x.trainer import models as encoder_decoder
+    from personalize_t5x.network import t5
 
     config_kwargs, _ = checkpoints_hf.import_hf_t5(hf_dir)  # the architecture the directory declares
     module_config = t5.T5Config(**config_kwargs)

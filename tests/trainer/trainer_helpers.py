@@ -1,7 +1,9 @@
 """Shared pieces of the trainer tests: a tiny real T5 model and a fixed batch."""
 import numpy as np
 
-from personalize_t5x.models import encoder_decoder, t5
+from personalize_t5x.trainer import models as encoder_decoder
+
+from personalize_t5x.network import t5
 
 VOCAB = 128
 

@@ -1,0 +1,1 @@
+"""The data pipeline: corpus readers, the paper's examples, retrieval and ranking, the Beam features stage."""

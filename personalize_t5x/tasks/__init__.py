@@ -1,0 +1,1 @@
+"""The task side: prompts, the SeqIO registry, vocabularies, metrics and significance."""

@@ -1,0 +1,310 @@
+"""Evaluate a checkpoint on a seqio Task or Mixture; write metrics JSON (T5X's eval.py).
+
+    personalize-t5x eval --gin_file=models/t5_1_1_small.gin --gin_file=runs/eval.gin \\
+        --gin.CHECKPOINT_PATH="'/tmp/run'" --gin.EVAL_OUTPUT_DIR="'/tmp/run/eval'" \\
+        --gin.MIXTURE_OR_TASK_NAME="'personalize_x_y'"
+
+Decoded metrics come from `seqio.Evaluator` (the task's own metric functions on the
+model's predictions); teacher-forced loss and token accuracy are added per task.
+EVAL_OUTPUT_DIR/metrics.json holds everything, keyed by task.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pathlib
+import re
+import sys
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import jax
+import numpy as np
+
+from personalize_t5x.trainer import checkpoints as checkpoints_lib
+from personalize_t5x.trainer import partitioning
+from personalize_t5x.trainer import trainer as trainer_lib
+from personalize_t5x.trainer import utils
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+_STEP_NAME = re.compile(r"^checkpoint_\d+$")
+
+
+def default_evaluator_loggers() -> list:
+    """seqio loggers that work here: python logging and JSON (+ TensorBoard if installed)."""
+    import seqio
+
+    loggers = [seqio.PyLoggingLogger, seqio.JSONLogger]
+    try:
+        import tensorboard  # noqa: F401  (seqio's TensorBoardLogger needs it)
+
+        loggers.append(seqio.TensorBoardLogger)
+    except ImportError:
+        pass
+    return loggers
+
+
+def padded_batches(ds, batch_size: int, data_size: int) -> Iterator[tuple[np.ndarray, dict, int]]:
+    """(indices, model-feature batch padded to a full batch, real rows) from an enumerated ds.
+
+    The mesh needs a batch divisible by its data axis, so the last partial batch is
+    filled with copies of its first row and the copies are dropped afterwards.
+    """
+    size = max(batch_size, data_size)
+    size += (-size) % data_size
+    for indices, features in ds.batch(size).as_numpy_iterator():
+        real = len(indices)
+        batch = {}
+        for key, value in features.items():
+            value = np.asarray(value)
+            if real < size:
+                value = np.concatenate([value, np.repeat(value[:1], size - real, axis=0)], axis=0)
+            batch[key] = value
+        yield np.asarray(indices), batch, real
+
+
+def zero_padded(batches, size: int):
+    """Completes short batches with all-zero rows, which carry no loss weight."""
+    for batch in batches:
+        rows = len(batch["decoder_target_tokens"])
+        if rows < size:
+            batch = {k: np.concatenate([v, np.zeros((size - rows,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+        yield batch
+
+
+class EvalRunner:
+    """Teacher-forced and decoded evaluation of params at a step (used by train and eval)."""
+
+    def __init__(self, *, trainer: trainer_lib.Trainer, model_dir: pathlib.Path,
+                 train_eval_dataset_cfg: Optional[utils.DatasetConfig] = None,
+                 infer_eval_dataset_cfg: Optional[utils.DatasetConfig] = None, eval_steps: Optional[int] = 20,
+                 inference_evaluator_cls: Optional[Callable[..., Any]] = None,
+                 predict_options: Optional[dict] = None, seed: int = 0, summaries: bool = True):
+        self.trainer = trainer
+        self.model_dir = pathlib.Path(model_dir)
+        self.train_eval_cfg = train_eval_dataset_cfg
+        self.infer_eval_cfg = infer_eval_dataset_cfg
+        self.eval_steps = eval_steps
+        self.predict_options = dict(predict_options or {})
+        self.seed = seed
+        self.summaries = summaries and jax.process_index() == 0
+        self._evaluator = None
+        self._evaluator_cls = inference_evaluator_cls
+        self._writers: dict[str, utils.SummaryWriter] = {}
+
+    def _writer(self, name: str) -> utils.SummaryWriter:
+        if name not in self._writers:
+            self._writers[name] = utils.SummaryWriter(self.model_dir / name, enabled=self.summaries)
+        return self._writers[name]
+
+    # -- teacher-forced ---------------------------------------------------
+    def teacher_forced(self, params, step: int) -> dict[str, dict[str, float]]:
+        cfg = self.train_eval_cfg
+        if cfg is None:
+            return {}
+        import seqio
+
+        task_or_mixture = utils.get_mixture_or_task(cfg.mixture_or_task_name, cfg.module)
+        tasks = seqio.get_subtasks(task_or_mixture)
+        results = {}
+        for task in tasks:
+            if cfg.split not in task.splits:
+                continue
+            task_cfg = utils.DatasetConfig(**{**cfg.__dict__, "mixture_or_task_name": task.name, "module": None})
+            whole_split = self.eval_steps in (None, -1)
+            ds = utils.get_dataset(task_cfg, shard_id=jax.process_index(), num_shards=jax.process_count(),
+                                   seed=self.seed, num_epochs=1 if whole_split else None,
+                                   drop_remainder=not whole_split)
+            if not whole_split:
+                ds = ds.take(self.eval_steps)
+            per_host = task_cfg.batch_size // jax.process_count()
+            metrics = self.trainer.evaluate_loss(params, zero_padded(utils.numpy_batches(ds), per_host))
+            if metrics:
+                results[task.name] = metrics
+                self._writer(f"training_eval/{task.name}").scalars(step, metrics)
+        return results
+
+    # -- decoded (seqio.Evaluator) ------------------------------------------
+    def evaluator(self):
+        if self._evaluator is None and self.infer_eval_cfg is not None:
+            import seqio
+
+            cfg = self.infer_eval_cfg
+            utils.get_mixture_or_task(cfg.mixture_or_task_name, cfg.module)  # clear error if unknown
+            evaluator_cls = self._evaluator_cls or seqio.Evaluator
+            kwargs = dict(mixture_or_task_name=cfg.mixture_or_task_name,
+                          feature_converter=seqio.EncDecFeatureConverter(pack=False),
+                          eval_split=cfg.split, use_cached=cfg.use_cached, seed=cfg.seed if cfg.seed is not None else 42,
+                          sequence_length=cfg.task_feature_lengths,
+                          log_dir=os.fspath(self.model_dir / "inference_eval"))
+            if self._evaluator_cls is None:
+                kwargs["logger_cls"] = default_evaluator_loggers()
+            (self.model_dir / "inference_eval").mkdir(parents=True, exist_ok=True)
+            self._evaluator = evaluator_cls(**kwargs)
+        return self._evaluator
+
+    def predict_fn(self, params) -> Callable:
+        batch_size = self.infer_eval_cfg.batch_size
+        data_size = self.trainer.partitioner.data_size
+
+        def predict(ds):
+            out = []
+            for indices, batch, real in padded_batches(ds, batch_size, data_size):
+                tokens = self.trainer.predict_batch(params, batch, **self.predict_options)
+                out.extend((int(i), t.tolist()) for i, t in zip(indices[:real], tokens[:real]))
+            return out
+
+        return predict
+
+    def score_fn(self, params) -> Callable:
+        batch_size = self.infer_eval_cfg.batch_size
+        data_size = self.trainer.partitioner.data_size
+
+        def score(ds):
+            out = []
+            for indices, batch, real in padded_batches(ds, batch_size, data_size):
+                scores = self.trainer.score_batch(params, batch)
+                out.extend((int(i), float(s)) for i, s in zip(indices[:real], scores[:real]))
+            return out
+
+        return score
+
+    def decoded(self, params, step: int) -> dict[str, dict[str, float]]:
+        evaluator = self.evaluator()
+        if evaluator is None or not evaluator.eval_tasks:
+            return {}
+        metrics, _ = evaluator.evaluate(compute_metrics=jax.process_index() == 0, step=step,
+                                        predict_fn=self.predict_fn(params), score_fn=self.score_fn(params))
+        results = metrics.result() if hasattr(metrics, "result") else metrics
+        out = {}
+        for task, values in (results or {}).items():
+            out[task] = {name: _scalar(value) for name, value in values.items() if _scalar(value) is not None}
+        return out
+
+    def run(self, params, step: int) -> dict[str, dict[str, float]]:
+        """All configured evaluations; returns {task: {metric: value}} and logs them."""
+        merged: dict[str, dict[str, float]] = {}
+        for task, values in self.teacher_forced(params, step).items():
+            merged.setdefault(task, {}).update({f"teacher_forced/{k}": v for k, v in values.items()})
+        for task, values in self.decoded(params, step).items():
+            merged.setdefault(task, {}).update(values)
+        for task, values in merged.items():
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(values.items()))
+            if jax.process_index() == 0:
+                print(f"[eval] step {step} {task}: {shown}", file=sys.stderr, flush=True)
+        return merged
+
+
+def _scalar(value: Any) -> Optional[float]:
+    """A metric as a float (seqio metric objects, numpy scalars); None if not scalar."""
+    if hasattr(value, "value"):
+        value = value.value
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return float(array) if array.shape == () else None
+
+
+def restore_params(trainer: trainer_lib.Trainer, restore_cfg: utils.RestoreCheckpointConfig,
+                   input_shapes: dict) -> tuple[Any, Optional[int]]:
+    """Sharded params from CHECKPOINT_PATH (a step folder, a MODEL_DIR, or a T5X/HF checkpoint)."""
+    if restore_cfg is None or not restore_cfg.path:
+        raise utils.ConfigError("CHECKPOINT_PATH is not set")
+    abstract, shardings, _ = trainer.abstract_state(input_shapes)
+    path = pathlib.Path(restore_cfg.path).expanduser()
+    step = None
+    if path.is_dir() and checkpoints_lib.latest_step_dir(path) is not None:
+        path = checkpoints_lib.latest_step_dir(path)
+    if checkpoints_lib.is_own_checkpoint(os.fspath(path)) and _STEP_NAME.match(path.name):
+        try:
+            step = int(path.name.rsplit("_", 1)[1])
+        except (IndexError, ValueError):
+            step = None
+    params = checkpoints_lib.load_initial_params(os.fspath(path), abstract.params)
+    placed = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), params, shardings.params)
+    return placed, step
+
+
+def _shapes_for(dataset_cfg: utils.DatasetConfig, batch_size: int) -> dict:
+    """Input shapes for building the model: TASK_FEATURE_LENGTHS or small defaults.
+
+    Parameter shapes do not depend on sequence lengths, so any lengths work here.
+    """
+    lengths = dataset_cfg.task_feature_lengths or {}
+    enc = int(lengths.get("inputs", 8))
+    dec = int(lengths.get("targets", 8))
+    return {"encoder_input_tokens": (batch_size, enc), "decoder_input_tokens": (batch_size, dec),
+            "decoder_target_tokens": (batch_size, dec)}
+
+
+def evaluate(
+    *,
+    model: Any,
+    dataset_cfg: utils.DatasetConfig,
+    restore_checkpoint_cfg: utils.RestoreCheckpointConfig,
+    partitioner: partitioning.PjitPartitioner,
+    output_dir: str,
+    inference_evaluator_cls: Optional[Callable[..., Any]] = None,
+    predict_options: Optional[dict] = None,
+    teacher_forced: bool = True,
+    random_seed: int = 0,
+) -> dict:
+    """Evaluates a checkpoint; writes and returns EVAL_OUTPUT_DIR/metrics.json's content."""
+    out_dir = checkpoints_lib.ensure_writable_dir(output_dir, "EVAL_OUTPUT_DIR")
+    utils.get_mixture_or_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module)
+    trainer = trainer_lib.Trainer(model=model, partitioner=partitioner)
+    data_size = partitioner.data_size
+    params, step = restore_params(trainer, restore_checkpoint_cfg, _shapes_for(dataset_cfg, data_size))
+    tf_cfg = None
+    if teacher_forced and dataset_cfg.task_feature_lengths is not None:
+        tf_cfg = utils.DatasetConfig(**{**dataset_cfg.__dict__, "shuffle": False})
+        tf_cfg.batch_size += (-tf_cfg.batch_size) % data_size
+    runner = EvalRunner(trainer=trainer, model_dir=out_dir, train_eval_dataset_cfg=tf_cfg,
+                        infer_eval_dataset_cfg=dataset_cfg, eval_steps=None,
+                        inference_evaluator_cls=inference_evaluator_cls, predict_options=predict_options,
+                        seed=random_seed)
+    metrics = runner.run(params, step if step is not None else 0)
+    result = {"checkpoint": os.fspath(restore_checkpoint_cfg.path), "step": step,
+              "mixture_or_task_name": dataset_cfg.mixture_or_task_name, "split": dataset_cfg.split,
+              "metrics": metrics}
+    if jax.process_index() == 0:
+        path = out_dir / METRICS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+        print(f"[eval] wrote {path}", file=sys.stderr, flush=True)
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from personalize_t5x.trainer import gin_utils
+
+    gin_utils.add_entry_point_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Parses gin, joins a multi-host job if asked, runs evaluate; one-line errors, exit 2."""
+    from personalize_t5x.trainer import gin_utils
+
+    return gin_utils.run_entry_point(args, evaluate, "evaluate")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m personalize_t5x.trainer.eval", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    # Gin files name `personalize_t5x.trainer.eval.evaluate`; run that module's copy.
+    from personalize_t5x.trainer.eval import main as _main
+
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(_main())

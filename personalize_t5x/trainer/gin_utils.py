@@ -1,0 +1,204 @@
+"""T5X's gin flags: --gin_file (repeatable), --gin.NAME=VALUE, --gin_bindings, --gin_search_paths.
+
+Only entry points and gin files use gin; library code stays gin-free. Gin errors (a
+typo in a binding, an unknown configurable, a missing file, an unset REQUIRED macro)
+become one-line `ConfigError`s that name the file and line gin reports.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import re
+from typing import Optional, Sequence
+
+import gin
+
+from personalize_t5x.trainer.utils import ConfigError
+
+REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent.parent / "gin"
+DEFAULT_GIN_SEARCH_PATHS = (os.fspath(REPO_GIN_DIR), ".")
+
+
+def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
+    """`--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE` (T5X's shorthand)."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--gin.") and "=" in arg:
+            name, value = arg[len("--gin."):].split("=", 1)
+            out.append(f"--gin_bindings={name} = {value}")
+        else:
+            out.append(arg)
+    return out
+
+
+def add_gin_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="gin file to parse, in order (repeatable); looked up on --gin_search_paths")
+    parser.add_argument("--gin_bindings", action="append", default=[],
+                        help="a gin binding such as 'MODEL_DIR = \"/tmp/run\"' (repeatable); "
+                             "--gin.NAME=VALUE is the same thing")
+    parser.add_argument("--gin_search_paths", default=",".join(DEFAULT_GIN_SEARCH_PATHS),
+                        help="comma-separated folders to look up gin files and includes in "
+                             f"(default: this repository's gin/ folder and the current folder)")
+
+
+def add_seqio_arguments(parser: argparse.ArgumentParser) -> None:
+    """T5X's data flags."""
+    parser.add_argument("--tfds_data_dir", default=None,
+                        help="overrides the data_dir of TFDS-backed seqio tasks")
+    parser.add_argument("--seqio_additional_cache_dirs", action="append", default=[],
+                        help="extra folders to look for cached seqio tasks in (repeatable)")
+
+
+def apply_seqio_arguments(args: argparse.Namespace) -> None:
+    import seqio
+
+    if getattr(args, "tfds_data_dir", None):
+        seqio.set_tfds_data_dir_override(args.tfds_data_dir)
+    if getattr(args, "seqio_additional_cache_dirs", None):
+        seqio.add_global_cache_dirs(list(args.seqio_additional_cache_dirs))
+
+
+def add_multihost_arguments(parser: argparse.ArgumentParser) -> None:
+    """T5X's multi-host flags."""
+    parser.add_argument("--multiprocess_gpu", action="store_true",
+                        help="initialize jax.distributed (multi-host GPU; TPU VMs discover peers themselves)")
+    parser.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+    parser.add_argument("--process_count", type=int, default=None, help="number of processes")
+    parser.add_argument("--process_index", type=int, default=None, help="index of this process")
+
+
+def _one_line(error: Exception) -> str:
+    """gin's multi-line message folded to one line: what, where, and the offending text."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    head = lines[0] if lines else type(error).__name__
+    rest = " | ".join(lines[1:3])
+    if isinstance(error, SyntaxError):
+        where = error.filename or "bindings"
+        text = (error.text or "").strip()
+        return f"{error.msg} in {where}" + (f" line {error.lineno}" if error.lineno else "") + (
+            f": {text}" if text else "")
+    return f"{head} ({rest})" if rest else head
+
+
+def parse_gin_flags(gin_search_paths: Sequence[str], gin_files: Sequence[str],
+                    gin_bindings: Sequence[str], *, skip_unknown: bool = False,
+                    finalize_config: bool = True) -> None:
+    """Parses gin files then bindings (later ones win); raises ConfigError in one line."""
+    gin.clear_config()
+    for path in gin_search_paths:
+        if path:
+            gin.add_config_file_search_path(os.fspath(path))
+    if not gin_files:
+        raise ConfigError("no --gin_file given; pass a model gin (e.g. models/t5_1_1_small.gin) "
+                          "and a run gin (e.g. runs/finetune.gin)")
+    resolved = []
+    for name in gin_files:
+        candidates = [name] + [os.path.join(p, name) for p in gin_search_paths if p]
+        found = next((c for c in candidates if os.path.isfile(c)), None)
+        if found is None:
+            raise ConfigError(f"gin file {name!r} not found (searched {', '.join(map(str, gin_search_paths))})")
+        resolved.append(found)
+    try:
+        gin.parse_config_files_and_bindings(resolved, None, skip_unknown=skip_unknown, finalize_config=False)
+    except ConfigError:
+        raise
+    except Exception as error:  # gin raises ValueError, SyntaxError, ImportError, ... for bad files
+        raise ConfigError(f"gin: {_one_line(error)}") from None
+    for binding in gin_bindings:
+        try:
+            gin.parse_config(binding, skip_unknown=skip_unknown)
+        except Exception as error:
+            raise ConfigError(f"gin: bad binding {binding.strip()!r}: {_one_line(error)}") from None
+    if finalize_config:
+        try:
+            gin.finalize()
+        except ValueError as error:
+            required = re.match(r"\s*(\w+)/macro\.value set to `%gin\.REQUIRED`", str(error))
+            if required:
+                name = required.group(1)
+                raise ConfigError(f"gin: macro {name} is required; set it in a gin file or with "
+                                  f"--gin.{name}=VALUE") from None
+            raise ConfigError(f"gin: {_one_line(error)}") from None
+
+
+def call_configured(fn, name: str):
+    """Calls a gin-configured entry function; gin's call-time errors become one line."""
+    try:
+        return fn()
+    except ValueError as error:
+        text = str(error)
+        if "gin.REQUIRED" in text or "Required bindings" in text or re.search(r"REQUIRED", text):
+            missing = re.findall(r"'([A-Za-z_][\w.]*)'", text)
+            raise ConfigError(f"gin: {name} is missing a required binding"
+                              + (f": {missing[0]}" if missing else f" ({_one_line(error)})")
+                              + " (set it in a gin file or with --gin.NAME=VALUE)") from None
+        raise
+
+
+def summarize_gin_config(model_dir: str, *, filename: str = "config.gin") -> pathlib.Path:
+    """Writes gin's operative config (every value the run used) to MODEL_DIR/config.gin."""
+    path = pathlib.Path(model_dir) / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(gin.operative_config_str())
+    os.replace(tmp, path)
+    return path
+
+
+def accept_gin_shorthand(parser: argparse.ArgumentParser) -> None:
+    """Makes `parser` understand `--gin.NAME=VALUE`, whoever calls its parse_args.
+
+    The `personalize-t5x` dispatcher builds the parser and parses it itself, so the
+    rewrite is attached to this parser instance rather than done before parsing.
+    """
+    import sys
+
+    original = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        return original(rewrite_gin_args(args), namespace)
+
+    parser.parse_known_args = parse_known_args
+
+
+def parse_from_args(args: argparse.Namespace) -> None:
+    paths = [p for p in str(args.gin_search_paths).split(",") if p]
+    parse_gin_flags(paths, args.gin_file, args.gin_bindings)
+
+
+# ---------------------------------------------------------------------------
+# The shared shape of the train / eval / infer command lines.
+# ---------------------------------------------------------------------------
+def add_entry_point_arguments(parser: argparse.ArgumentParser) -> None:
+    """T5X's flags: gin files and bindings, multi-host, SeqIO data directories."""
+    add_gin_arguments(parser)
+    add_multihost_arguments(parser)
+    add_seqio_arguments(parser)
+    accept_gin_shorthand(parser)
+
+
+def run_entry_point(args: argparse.Namespace, function, name: str, **call_kwargs) -> int:
+    """Joins a multi-host job if asked, parses gin, calls the gin-configured `function`.
+
+    Configuration and checkpoint problems end with one `error:` line and exit status 2.
+    """
+    from personalize_t5x.trainer import checkpoints as checkpoints_lib
+    from personalize_t5x.trainer import partitioning
+
+    try:
+        partitioning.initialize_distributed(
+            multiprocess_gpu=args.multiprocess_gpu, coordinator_address=args.coordinator_address,
+            process_count=args.process_count, process_index=args.process_index)
+        apply_seqio_arguments(args)
+        parse_from_args(args)
+        configured = gin.get_configurable(function)
+        call_configured(lambda: configured(**call_kwargs), name)
+    except (ConfigError, checkpoints_lib.CheckpointError, ValueError) as error:
+        import sys
+
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
