@@ -16,7 +16,7 @@ setuptools.setup(
     install_requires=[
         "jax>=0.10", "flax>=0.12", "optax>=0.2.8", "orbax-checkpoint>=0.12",
         "seqio>=0.0.20", "tensorflow>=2.21", "tensorflow-text>=2.21",
-        "gin-config>=0.5", "sentencepiece>=0.2", "rank-bm25>=0.2.2", "bm25s>=0.3",
+        "gin-config>=0.5", "sentencepiece>=0.2", "rank-bm25>=0.2.2",
         "rouge-score>=0.1.2", "sacrebleu>=2.4", "apache-beam>=2.60",
         "tqdm", "matplotlib", "safetensors", "tokenizers", "msgpack", "tensorstore", "scipy",
     ],

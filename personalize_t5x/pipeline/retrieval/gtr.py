@@ -53,6 +53,7 @@ import pathlib
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,21 +154,14 @@ def init_gtr_params(config: GTRConfig, *, seed: int = 0) -> dict[str, Any]:
     return jax.tree_util.tree_map(np.asarray, jax.device_get(nn.unbox(variables["params"])))
 
 
+def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
+    """'encoder/layers_0/.../kernel' -> shape, for comparing parameter trees."""
+    return {path: tuple(np.shape(leaf)) for path, leaf in traverse_util.flatten_dict(tree, sep="/").items()}
+
+
 def _expected_shapes(config: GTRConfig) -> dict[str, tuple[int, ...]]:
     abstract = jax.eval_shape(lambda: GTRNetwork(config).init(jax.random.PRNGKey(0), jnp.ones((1, 2), jnp.int32)))
-    params = nn.unbox(abstract["params"])
-    return {"/".join(str(k.key) for k in path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
-
-
-def _flat_shapes(tree: Any, prefix: str = "") -> dict[str, tuple[int, ...]]:
-    out: dict[str, tuple[int, ...]] = {}
-    for key, value in tree.items():
-        path = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            out.update(_flat_shapes(value, path))
-        else:
-            out[path] = tuple(np.shape(value))
-    return out
+    return _shapes_by_path(nn.unbox(abstract["params"]))
 
 
 def _sentencepiece_encode(tokenizer: Any) -> Callable[[str], list[int]]:
@@ -246,7 +240,7 @@ class GTREncoder:
             raise GTRError(f"config must be a GTRConfig, got {type(config).__name__}")
         if "params" in params and isinstance(params["params"], dict):
             params = params["params"]
-        expected, got = _expected_shapes(config), _flat_shapes(params)
+        expected, got = _expected_shapes(config), _shapes_by_path(params)
         for path in sorted(set(expected) | set(got)):
             if path not in got:
                 raise GTRError(f"GTR params are missing {path} (shape {expected[path]})")
