@@ -32,13 +32,15 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from personalize_t5x.errors import PersonalizeError
+
 PyTree = Any
 
 LEGACY = "legacy"
 ORBAX = "orbax"
 
 
-class CheckpointImportError(ValueError):
+class CheckpointImportError(PersonalizeError):
     """A T5X checkpoint could not be read or does not fit the model."""
 
 
