@@ -20,7 +20,7 @@ from typing import IO, Any, Iterable, Iterator
 import orjson
 from isal import igzip, isal_zlib
 
-from personalize_t5x.errors import InputError
+from personalize_t5x.errors import InputError, PersonalizeError
 
 # Gzip goes through ISA-L (python-isal): the same gzip format as zlib's, deflated ~5x and
 # inflated ~2x faster; its level 1 compresses text ~7x. Stage outputs are written once
@@ -209,3 +209,29 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_output(path) as f:
         json.dump(obj, f, ensure_ascii=False, sort_keys=True, indent=2)
         f.write("\n")
+
+
+def resolve_inside(root: str | os.PathLike, name: str, *, what: str,
+                   also_inside: Iterable[str | os.PathLike] = (), error: type = PersonalizeError) -> str:
+    """`root/name`, refused unless it stays inside `root` (or one of `also_inside`).
+
+    For paths a file names (checkpoint specs, index files): an absolute name, a `..` that
+    climbs out, or a symlink resolving outside is refused with a PersonalizeError naming
+    `what` (of class `error`). Returns the lexical path `root/name` (symlinks kept, so a HF cache snapshot
+    still reads through its blob links).
+    """
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise error(f"{what}: {name!r} is not a file name", path=os.fspath(root))
+    if os.path.isabs(name) or "://" in name:
+        raise error(f"{what}: {name!r} is not inside the checkpoint folder (absolute path refused)",
+                               path=os.fspath(root))
+    joined = os.path.normpath(os.path.join(os.fspath(root), name))
+    roots = [os.path.realpath(root)] + [os.path.realpath(r) for r in also_inside]
+    lexical_root = os.path.normpath(os.path.abspath(root))
+    if os.path.commonpath([os.path.abspath(joined), lexical_root]) != lexical_root:
+        raise error(f"{what}: {name!r} climbs out of the checkpoint folder", path=os.fspath(root))
+    resolved = os.path.realpath(joined)
+    if not any(os.path.commonpath([resolved, r]) == r for r in roots):
+        raise error(f"{what}: {name!r} resolves to {resolved}, outside the checkpoint folder",
+                               path=os.fspath(root))
+    return joined

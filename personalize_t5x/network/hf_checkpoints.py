@@ -69,6 +69,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from personalize_t5x.errors import PersonalizeError
+from personalize_t5x.io import files as io_files
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -228,22 +229,40 @@ def _check_expected(config: Mapping[str, Any], expected: Any, *, where: str) -> 
 # --------------------------------------------------------------------------- tensors
 
 
+def _inside(model_dir: pathlib.Path, name: str, *, what: str) -> pathlib.Path:
+    """`model_dir/name`, confined to the model folder.
+
+    A Hugging Face hub cache snapshot (``.../snapshots/<revision>/``) holds symlinks into
+    the repository's ``blobs/`` folder; those are followed, nothing else outside is.
+    """
+    cache_blobs = [model_dir.parent.parent / "blobs"] if model_dir.parent.name == "snapshots" else []
+    return pathlib.Path(io_files.resolve_inside(model_dir, name, what=what, also_inside=cache_blobs,
+                                                error=HFCheckpointError))
+
+
 def _weight_files(model_dir: pathlib.Path) -> list[pathlib.Path]:
     single = model_dir / WEIGHTS_FILE
     index = model_dir / WEIGHTS_INDEX_FILE
     if single.is_file():
-        return [single]
+        return [_inside(model_dir, WEIGHTS_FILE, what=WEIGHTS_FILE)]
     if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
+        index_json = _read_json(_inside(model_dir, WEIGHTS_INDEX_FILE, what=WEIGHTS_INDEX_FILE))
+        weight_map = index_json.get("weight_map") if isinstance(index_json, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise HFCheckpointError(f"{index}: has no weight_map")
-        files = [model_dir / name for name in sorted(set(weight_map.values()))]
+        names = set()
+        for tensor, name in weight_map.items():
+            if not isinstance(name, str) or not name.endswith(".safetensors"):
+                raise HFCheckpointError(
+                    f"{index}: weight_map[{tensor!r}] = {name!r} is not a .safetensors file name in the model folder")
+            names.add(name)
+        files = [_inside(model_dir, name, what=f"{index.name} weight_map") for name in sorted(names)]
         for f in files:
             if not f.is_file():
                 raise HFCheckpointError(f"{f}: file not found (listed in {index.name})")
         return files
     if (model_dir / TORCH_WEIGHTS_FILE).is_file():
-        return [model_dir / TORCH_WEIGHTS_FILE]
+        return [_inside(model_dir, TORCH_WEIGHTS_FILE, what=TORCH_WEIGHTS_FILE)]
     others = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.h5"))
     hint = (
         f"; found {', '.join(others)}: convert it to safetensors with transformers "
@@ -537,7 +556,7 @@ def import_hf_t5(
     model_dir = pathlib.Path(path)
     if not model_dir.is_dir():
         raise HFCheckpointError(f"{model_dir}: directory not found (expected a Hugging Face T5 model directory)")
-    config_path = model_dir / CONFIG_FILE
+    config_path = _inside(model_dir, CONFIG_FILE, what=CONFIG_FILE) if (model_dir / CONFIG_FILE).exists() else model_dir / CONFIG_FILE
     hf = _read_json(config_path)
     if not isinstance(hf, dict):
         raise HFCheckpointError(f"{config_path}: expected a JSON object")
