@@ -383,6 +383,7 @@ def _build_examples(
             for example, split in zip(examples, split_user_examples_by_time(examples, fractions=config.split_fractions)):
                 example["split"] = split
                 by_split[split].append(example)
+    train_pools = _keep_evaluation_targets_out_of_training(by_split, deduped, config=config, report=report)
     author_pairs: dict[str, list[dict[str, Any]]] = {}
     for split in SPLITS:
         if config.split_mode == "time" and split != "train":
@@ -391,12 +392,73 @@ def _build_examples(
             author_pairs[split] = []
         else:
             author_pairs[split] = build_author_pairs(
-                by_split[split], deduped, seed=config.seed, pairs_per_example=config.author_pairs_per_example, split=split)
+                by_split[split], train_pools if split == "train" else deduped, seed=config.seed,
+                pairs_per_example=config.author_pairs_per_example, split=split)
     kept_documents = [d for user in sorted(deduped) for d in deduped[user]]
     report.kept = sum(len(v) for v in by_split.values())
     stats = dataset_stats(by_split, author_pairs, n_input_documents=n_input_documents,
                           n_kept_documents=len(kept_documents), report=report, config=config)
     return ExamplesResult(by_split, author_pairs, kept_documents, report, stats)
+
+
+def _keep_evaluation_targets_out_of_training(
+    by_split: dict[str, list[dict[str, Any]]], deduped: dict[str, list[Document]], *,
+    config: ExampleConfig, report: StageReport,
+) -> dict[str, list[Document]]:
+    """Enforces docs/contracts.md's no-leak rule on the training side; returns the pools
+    the training author pairs may draw from.
+
+    No evaluation (validation or test) target may appear in anything trained on: a
+    training target, a training profile, or a training author pair. By user, evaluation
+    users are disjoint from training users, so only text shared across users (cross-posts)
+    can leak. By time, a user's evaluation targets are their latest examples: the training
+    side of that user ends at their first evaluation target, so none of their documents
+    from there on (targets or not) is drawn into a training pair. Removed training
+    examples and profile entries are counted in the report.
+    """
+    evaluation_texts = {e["target"] for split in SPLITS if split != "train" for e in by_split[split]}
+    first_evaluation_doc: dict[str, str] = {}
+    if config.split_mode == "time":
+        for split in SPLITS:
+            if split != "train":
+                for e in by_split[split]:
+                    first = first_evaluation_doc.get(e["user_id"])
+                    if first is None or (e["timestamp"], e["doc_id"]) < first:
+                        first_evaluation_doc[e["user_id"]] = (e["timestamp"], e["doc_id"])
+    pools: dict[str, list[Document]] = {}
+    # Documents of a training user whose text is some evaluation target (a cross-post, or
+    # a repeat the within-user dedup could not see): never trained on.
+    leaked: dict[str, set[str]] = {}
+    train_users = {e["user_id"] for e in by_split["train"]}
+    for user in sorted(train_users):
+        end = first_evaluation_doc.get(user)
+        pool = []
+        for document in deduped[user]:
+            if end is not None and (document.timestamp, document.doc_id) >= end:
+                break  # from the first evaluation target on, this user's writing is evaluation's
+            if join_title_and_text(document.title, document.text) in evaluation_texts:
+                leaked.setdefault(user, set()).add(document.doc_id)
+            else:
+                pool.append(document)
+        pools[user] = pool
+    if not leaked:
+        return pools
+    kept = []
+    for example in by_split["train"]:
+        excluded = leaked.get(example["user_id"])
+        if excluded:
+            if example["doc_id"] in excluded:
+                report.drop("train_target_is_an_evaluation_target")
+                continue
+            # A profile lists only documents earlier than its target, which comes before the
+            # user's first evaluation target: only the text-shared ones can be in it.
+            profile = [doc_id for doc_id in example["profile"] if doc_id not in excluded]
+            if len(profile) != len(example["profile"]):
+                report.drop("train_profile_document_is_an_evaluation_target", len(example["profile"]) - len(profile))
+                example["profile"] = profile
+        kept.append(example)
+    by_split["train"][:] = kept
+    return pools
 
 
 def dataset_stats(
