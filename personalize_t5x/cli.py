@@ -4,7 +4,9 @@ Each command lives in its own module under personalize_t5x/commands/ and exposes
 `add_arguments(parser)` and `run(args) -> int`. Modules are imported only when their
 command runs, so `personalize-t5x corpus stats` does not pay for importing TensorFlow.
 Bad input ends a command with one line naming file, line and field (exit status 2),
-never a traceback.
+never a traceback: the CLI catches `personalize_t5x.errors.PersonalizeError`, the one base
+class of the project's errors, and nothing else. `--verbose` (anywhere on the line) shows
+the libraries' log noise that is hidden by default.
 """
 from __future__ import annotations
 
@@ -49,8 +51,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Loggers of libraries that report things irrelevant to a user of this CLI at WARNING or
+# INFO: Beam's option parser ("Discarding unparseable args"), apitools, JAX looking for
+# TPU/GPU backends (libtpu, cuda), TensorFlow and absl. `--verbose` leaves them alone.
+NOISY_LOGGERS = ("apache_beam", "apitools", "oauth2client", "jax._src.xla_bridge", "jax", "tensorflow", "absl",
+                 "orbax", "urllib3", "google")
+
+
+def quiet_library_noise() -> None:
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ logging (cuda drivers)
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", module="apache_beam")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    if verbose:
+        argv.remove("--verbose")
+    else:
+        quiet_library_noise()
     parser = build_parser()
     # Parse the command name first, then let its module define the rest of its flags.
     if not argv or argv[0] in ("-h", "--help"):
@@ -60,16 +87,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     available = _available_commands()
     if name not in available:
         parser.error(f"unknown command {name!r}; choose from {', '.join(available)}")
+    from personalize_t5x.errors import PersonalizeError  # light import, no TF
+
     module = importlib.import_module(available[name][0])
     sub = argparse.ArgumentParser(prog=f"personalize-t5x {name}", description=available[name][1])
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
-    from personalize_t5x.errors import InputError  # light import, no TF
-
+    args.verbose = verbose
+    # Only the project's own errors become one line: anything else is a bug and keeps
+    # its traceback.
     try:
         return int(module.run(args) or 0)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except PersonalizeError as error:
+        print(f"error: {error.one_line()}", file=sys.stderr)
         return 2
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -37,13 +38,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     stats_path = os.path.join(args.output_dir, examples_lib.STATS_FILE)
-    if os.path.exists(stats_path) and not args.overwrite:
-        print(f"{args.output_dir} is already built (stats.json present); pass --overwrite to rebuild")
-        import json
-
-        with open(stats_path) as f:
-            print(examples_lib.format_stats_table(json.load(f)))
-        return 0
+    _check_output_dir(args.output_dir)
+    if args.overwrite:
+        examples_lib.remove_finished_marker(args.output_dir)  # before anything else can fail
+    elif os.path.exists(stats_path):
+        problem = examples_lib.finished_problem(args.output_dir)
+        if problem is None:
+            print(f"{args.output_dir} is already built (stats.json vouches for its files); pass --overwrite to rebuild")
+            with open(stats_path, encoding="utf-8") as f:
+                print(examples_lib.format_stats_table(json.load(f)))
+            return 0
+        print(f"{args.output_dir} is not a finished build ({problem}); rebuilding")
+        examples_lib.remove_finished_marker(args.output_dir)
+    removed = examples_lib.remove_stale_temporaries(args.output_dir)
+    if removed:
+        print(f"removed {removed} temporary file(s) a killed build left in {args.output_dir}")
     config = examples_lib.ExampleConfig(
         min_target_chars=args.min_target_chars, min_profile_docs=args.min_profile_docs,
         min_examples_per_user=args.min_examples_per_user, max_examples_per_user=args.max_examples_per_user,
@@ -57,3 +66,19 @@ def run(args: argparse.Namespace) -> int:
     print(examples_lib.format_stats_table(result.stats))
     print(f"\nwrote {args.output_dir} in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def _check_output_dir(path: str) -> None:
+    """Refuses an output folder that cannot be one, before any input is read."""
+    from personalize_t5x.errors import OptionError
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OptionError("--output-dir", f"{path} exists and is not a folder")
+    parent = path
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    parent = parent or "."
+    if not os.path.isdir(parent):
+        raise OptionError("--output-dir", f"{parent} is a file, so {path} cannot be created under it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OptionError("--output-dir", f"{parent} is not writable")

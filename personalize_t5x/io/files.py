@@ -137,6 +137,14 @@ def iter_binary_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
         yield number + 1, partial.rstrip(b"\r")
 
 
+class OutputError(PersonalizeError):
+    """An output that cannot be written (unwritable folder, a file in the way, a directory
+    where a file belongs, a full disk), as one line naming the path."""
+
+    def __init__(self, path: str, error: OSError):
+        super().__init__(f"cannot write: {error.strerror or error}", path=path, field="<output>")
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """Writes `path` through a temporary file renamed into place on success.
@@ -145,8 +153,13 @@ def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]
     """
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    try:
+        if os.path.isdir(path):
+            raise IsADirectoryError(21, "is a directory")
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    except OSError as error:
+        raise OutputError(path, error) from None
     try:
         with os.fdopen(fd, "wb") as raw:
             if is_gzip_path(path):
@@ -167,7 +180,10 @@ def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; outputs are ordinary files
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as error:
+            raise OutputError(path, error) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_path)

@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
+import math
 import operator
 import os
 from typing import Any, Iterable, Iterator, Sequence
@@ -37,7 +38,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from personalize_t5x.io import files as io_lib
-from personalize_t5x.errors import StageReport
+from personalize_t5x.errors import OptionError, StageReport
 from personalize_t5x.pipeline.corpus.records import Document, join_title_and_text
 
 SPLITS = ("train", "validation", "test")
@@ -59,23 +60,37 @@ class ExampleConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("min_target_chars", "min_profile_docs", "context_chars"):
+        def refuse(name: str, reason: str) -> None:
+            # Named as the CLI option that sets it, so a command's one-line error points at it.
+            raise OptionError(f"--{name.replace('_', '-')}", f"ExampleConfig.{name} {reason}")
+
+        for name in ("min_target_chars", "min_profile_docs", "context_chars", "min_examples_per_user",
+                     "max_examples_per_user", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                refuse(name, f"must be an integer, got {value!r}")
+        for name in ("min_target_chars", "min_profile_docs", "context_chars", "seed"):
             if getattr(self, name) < 0:
-                raise ValueError(f"ExampleConfig.{name} must be >= 0, got {getattr(self, name)}")
+                refuse(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.seed >= 2 ** 63:
+            refuse("seed", f"must be below 2**63, got {self.seed}")
         if self.min_examples_per_user < 1:
-            raise ValueError(f"ExampleConfig.min_examples_per_user must be >= 1, got {self.min_examples_per_user}")
+            refuse("min_examples_per_user", f"must be >= 1, got {self.min_examples_per_user}")
         if self.max_examples_per_user < self.min_examples_per_user:
-            raise ValueError(
-                f"ExampleConfig.max_examples_per_user ({self.max_examples_per_user}) must be >= "
-                f"min_examples_per_user ({self.min_examples_per_user})")
+            refuse("max_examples_per_user", f"({self.max_examples_per_user}) must be >= "
+                   f"--min-examples-per-user ({self.min_examples_per_user})")
         if self.split_mode not in SPLIT_MODES:
-            raise ValueError(f"ExampleConfig.split_mode must be one of {SPLIT_MODES}, got {self.split_mode!r}")
-        fractions = tuple(float(f) for f in self.split_fractions)
-        if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-            raise ValueError(f"ExampleConfig.split_fractions must be 3 non-negative numbers summing to 1, got {self.split_fractions}")
+            refuse("split_mode", f"must be one of {SPLIT_MODES}, got {self.split_mode!r}")
+        try:
+            fractions = tuple(float(f) for f in self.split_fractions)
+        except (TypeError, ValueError):
+            refuse("split_fractions", f"must be 3 numbers, got {self.split_fractions!r}")
+        if (len(fractions) != 3 or not all(math.isfinite(f) and f >= 0 for f in fractions)
+                or abs(sum(fractions) - 1.0) > 1e-6):
+            refuse("split_fractions", f"must be 3 non-negative numbers summing to 1, got {self.split_fractions}")
         object.__setattr__(self, "split_fractions", fractions)
-        if self.author_pairs_per_example < 0:
-            raise ValueError(f"ExampleConfig.author_pairs_per_example must be >= 0, got {self.author_pairs_per_example}")
+        if not (math.isfinite(self.author_pairs_per_example) and 0 <= self.author_pairs_per_example <= 1000):
+            refuse("author_pairs_per_example", f"must be a number in [0, 1000], got {self.author_pairs_per_example}")
 
 
 def user_rng(seed: int, user_id: str, purpose: str) -> np.random.Generator:
@@ -516,11 +531,75 @@ DOCUMENTS_FILE = "documents.jsonl.gz"
 STATS_FILE = "stats.json"
 
 
+OUTPUT_FILES = (DOCUMENTS_FILE, *EXAMPLE_FILES, *PAIR_FILES)
+
+
+def remove_finished_marker(output_dir: str | os.PathLike) -> None:
+    """Un-finishes a folder before anything in it is replaced: a build killed half-way
+    through an overwrite then leaves no stats.json vouching for a mix of old and new files."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(os.fspath(output_dir), STATS_FILE))
+
+
+def remove_stale_temporaries(output_dir: str | os.PathLike) -> int:
+    """Deletes `.tmp-*` files a killed build left (io.files.atomic_output's temporaries)."""
+    output_dir = os.fspath(output_dir)
+    removed = 0
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            if name.startswith(".tmp-"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(output_dir, name))
+                    removed += 1
+    return removed
+
+
+def _file_fingerprint(path: str) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+            size += len(block)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def finished_problem(output_dir: str | os.PathLike) -> str | None:
+    """None when the folder is a finished build; otherwise why it is not.
+
+    Finished means: stats.json parses and lists every output file with the size and
+    sha256 it has now. A folder whose build was killed, or whose files were replaced
+    after stats.json was written, is not finished.
+    """
+    output_dir = os.fspath(output_dir)
+    stats_path = os.path.join(output_dir, STATS_FILE)
+    if not os.path.exists(stats_path):
+        return "no stats.json"
+    try:
+        with open(stats_path, "rb") as f:
+            stats = io_lib.loads_record(f.read())
+    except (OSError, ValueError) as error:
+        return f"stats.json is unreadable ({error})"
+    files = stats.get("files") if isinstance(stats, dict) else None
+    if not isinstance(files, dict) or set(files) != set(OUTPUT_FILES):
+        return "stats.json does not fingerprint the output files"
+    for name in OUTPUT_FILES:
+        path = os.path.join(output_dir, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        if _file_fingerprint(path) != files[name]:
+            return f"{name} differs from the file stats.json vouches for"
+    return None
+
+
 def write_examples(result: ExamplesResult, output_dir: str | os.PathLike) -> None:
-    """Writes the stage's folder (see docs/contracts.md). stats.json is written last, so
-    its presence marks a finished output; every file is written atomically."""
+    """Writes the stage's folder (see docs/contracts.md). stats.json is removed first and
+    written last, with the size and sha256 of every other file, so its presence marks a
+    finished output; every file is written atomically."""
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
+    remove_finished_marker(output_dir)
+    remove_stale_temporaries(output_dir)
     jobs: dict[str, Iterable[Any]] = {DOCUMENTS_FILE: result.documents}
     for split in SPLITS:
         jobs[f"{split}.jsonl.gz"] = result.examples[split]
@@ -532,6 +611,7 @@ def write_examples(result: ExamplesResult, output_dir: str | os.PathLike) -> Non
                    for name, records in jobs.items()]
         for future in futures:
             future.result()
+    result.stats["files"] = {name: _file_fingerprint(os.path.join(output_dir, name)) for name in OUTPUT_FILES}
     io_lib.write_json(os.path.join(output_dir, STATS_FILE), result.stats)
 
 
