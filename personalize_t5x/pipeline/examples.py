@@ -617,9 +617,8 @@ def write_examples(result: ExamplesResult, output_dir: str | os.PathLike) -> Non
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Reads a JSONL(.gz) file this project wrote (trusted: no per-field validation)."""
-    for _, line in io_lib.iter_binary_lines(path):
-        if line.strip():
-            yield io_lib.loads_record(line)
+    for _, record in io_lib.iter_json_lines(path):
+        yield record
 
 
 def read_examples(examples_dir: str | os.PathLike, split: str) -> Iterator[dict[str, Any]]:

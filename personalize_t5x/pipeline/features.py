@@ -53,6 +53,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import personalize_t5x
 from personalize_t5x.pipeline import cpu_pinning
 from personalize_t5x import feature_names
+from personalize_t5x.io import files as io_lib
 from personalize_t5x.io import tfrecords
 from personalize_t5x.errors import InputError, StageReport
 from personalize_t5x.pipeline.corpus.records import Document, document_from_json
@@ -211,21 +212,13 @@ def _counter(name: str) -> Any:
 def _read_numbered_lines(path: str) -> Iterator[tuple[int, bytes]]:
     """(1-based line number, line bytes) of a (gzip) file on any Beam filesystem."""
     with FileSystems.open(path) as f:  # compression inferred from the extension
-        number = 0
-        while raw := f.readline():
-            number += 1
-            line = raw.rstrip(b"\r\n")
+        for number, line in io_lib.iter_binary_lines(path, stream=f):
             if line.strip():
                 yield number, line
 
 
 def _decode_json_line(path: str, number: int, line: bytes) -> Any:
-    try:
-        return json.loads(line.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise InputError(path, number, "<line>", f"invalid UTF-8 at byte {e.start}") from None
-    except json.JSONDecodeError as e:
-        raise InputError(path, number, "<line>", f"malformed JSON ({e.msg} at column {e.colno})") from None
+    return io_lib.decode_json_line(line, path=path, line=number)
 
 
 def _is_mostly_non_latin(text: str) -> bool:

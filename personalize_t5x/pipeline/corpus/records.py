@@ -130,22 +130,8 @@ def read_documents(path: str | os.PathLike, *, report: StageReport | None = None
     if not os.path.exists(path_str):
         raise InputError(path_str, 0, "<file>", "no such file")
     seen_ids: set[str] = set()
-    for number, raw in io_lib.iter_binary_lines(path_str):
-        if not raw or raw.isspace():
-            continue
+    for number, obj in io_lib.iter_json_lines(path_str, report=report):
         try:
-            try:
-                obj = io_lib.loads_record(raw)
-            except ValueError:
-                # orjson says only that it failed; the standard library says where and why.
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise InputError(path_str, number, "<line>", f"invalid UTF-8: at byte {e.start}") from None
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(path_str, number, "<line>", f"malformed JSON: {e.msg} at column {e.colno}") from None
             document = document_from_json(obj, path=path_str, line=number)
             if document.doc_id in seen_ids:
                 raise InputError(path_str, number, "doc_id", f"duplicate doc id: {document.doc_id!r}")

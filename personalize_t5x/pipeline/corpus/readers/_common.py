@@ -32,31 +32,9 @@ def short_hash(*parts: str, length: int = 16) -> str:
 
 
 def iter_json_lines(path: str, report: StageReport) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yields (1-based line number, decoded JSON object) for each non-blank line.
-
-    Invalid UTF-8, malformed JSON and non-object lines go through `report.bad_record`
-    (raised, or counted with skip_bad) as located errors.
-    """
-    for number, raw in io_lib.iter_binary_lines(path):
-        if not raw.strip():
-            continue
-        try:
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(path, number, "<line>", f"invalid UTF-8: byte {e.start} of the line") from None
-            if number == 1 and line.startswith("\ufeff"):
-                line = line[1:]
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(path, number, "<line>", f"malformed JSON: {e.msg} at column {e.colno}") from None
-            if not isinstance(obj, dict):
-                raise InputError(path, number, "<record>", f"expected a JSON object, got {type(obj).__name__}")
-        except InputError as error:
-            report.bad_record(error)
-            continue
-        yield number, obj
+    """(1-based line number, decoded JSON object) per non-blank line: io.files' reader,
+    bad lines through `report.bad_record` (raised, or counted with skip_bad)."""
+    return io_lib.iter_json_lines(path, report=report)
 
 
 def first_nonspace_char(path: str) -> str:
