@@ -863,11 +863,7 @@ def read_report(output_dir: str) -> dict[str, Any]:
 
 def read_generation_examples(features_dir: str, split: str) -> Iterator[dict[str, str]]:
     """Decodes the split's tf.Examples back into {feature name: str}, shard by shard."""
-    import tensorflow as tf
-
-    files = sorted(tf.io.gfile.glob(feature_names.generation_file_pattern(features_dir, split)))
-    spec = {name: tf.io.FixedLenFeature([], tf.string) for name in feature_names.GENERATION_TEXT_FEATURES}
-    for path in files:
-        for record in tf.data.TFRecordDataset(path):
-            parsed = tf.io.parse_single_example(record, spec)
-            yield {k: v.numpy().decode("utf-8") for k, v in parsed.items()}
+    pattern = feature_names.generation_file_pattern(features_dir, split)
+    for path in sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list):
+        for _, features in tfrecords.read_bytes_examples(path):
+            yield {name: features[name].decode("utf-8") for name in feature_names.GENERATION_TEXT_FEATURES}
