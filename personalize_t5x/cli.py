@@ -39,8 +39,16 @@ def _available_commands() -> dict[str, tuple[str, str]]:
     return available
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is the one line `PROG: error: MESSAGE` (exit 2): the
+    same shape as every other error of the CLI. `-h` still prints the full usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="personalize-t5x",
         description="Personalized long-form generation with T5 on JAX (T5X conventions).",
     )
@@ -86,13 +94,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = argv[0]
     available = _available_commands()
     if name not in available:
-        parser.error(f"unknown command {name!r}; choose from {', '.join(available)}")
+        try:
+            parser.error(f"unknown command {name!r}; choose from {', '.join(available)}")
+        except SystemExit as exit_:
+            return int(exit_.code or 0)
     from personalize_t5x.errors import PersonalizeError  # light import, no TF
 
     module = importlib.import_module(available[name][0])
-    sub = argparse.ArgumentParser(prog=f"personalize-t5x {name}", description=available[name][1])
+    sub = OneLineErrorParser(prog=f"personalize-t5x {name}", description=available[name][1])
     module.add_arguments(sub)
-    args = sub.parse_args(argv[1:])
+    try:
+        args = sub.parse_args(argv[1:])
+    except SystemExit as exit_:  # -h or a usage error: a status, also for in-process callers
+        return int(exit_.code or 0)
     args.verbose = verbose
     # Only the project's own errors become one line: anything else is a bug and keeps
     # its traceback.
