@@ -12,7 +12,7 @@ public formats into it.
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import os
 from typing import Any, Iterable, Iterator
 
@@ -95,9 +95,11 @@ def _document_from_json_checked(obj: Any, *, path: str, line: int) -> Document:
     timestamp = obj.get("timestamp")
     if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
         raise InputError(path, line, "timestamp", "missing or not an integer number of seconds since the epoch" if timestamp is None else f"expected an integer (seconds since the epoch): got {type(timestamp).__name__} {timestamp!r}")
-    if isinstance(timestamp, float) and not timestamp.is_integer():
-        raise InputError(path, line, "timestamp", f"expected whole seconds: got {timestamp!r}")
-    timestamp = int(timestamp)
+    if isinstance(timestamp, float):
+        if not math.isfinite(timestamp):
+            raise InputError(path, line, "timestamp", f"not a finite number: {timestamp!r}")
+        # The one rule for fractions of a second, in every reader: floor.
+        timestamp = math.floor(timestamp)
     if timestamp < 0:
         raise InputError(path, line, "timestamp", f"negative timestamp: {timestamp}")
     if timestamp >= MAX_PLAUSIBLE_SECONDS:

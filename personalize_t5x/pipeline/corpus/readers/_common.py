@@ -5,6 +5,7 @@ import calendar
 import codecs
 import datetime as dt
 import hashlib
+import math
 import json
 import os
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator
@@ -185,8 +186,12 @@ def parse_iso_utc(value: str) -> int:
         value = value[:-1] + "+00:00"
     parsed = dt.datetime.fromisoformat(value)
     if parsed.tzinfo is None:
-        return calendar.timegm(parsed.timetuple())
-    return calendar.timegm(parsed.utctimetuple())
+        seconds = calendar.timegm(parsed.timetuple())
+    else:
+        seconds = calendar.timegm(parsed.utctimetuple())
+    if seconds >= MAX_PLAUSIBLE_SECONDS:
+        raise ValueError(f"implausibly late date: {value!r} (after 5138; the Document format would refuse it)")
+    return seconds
 
 
 def parse_epoch_seconds(value: Any) -> int:
@@ -209,7 +214,7 @@ def parse_epoch_seconds(value: Any) -> int:
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"not seconds since the epoch: {value!r}")
-        value = int(value)
+        value = math.floor(value)  # the one rule for fractions of a second: floor
     if not isinstance(value, int):
         raise ValueError(f"not seconds since the epoch: {type(value).__name__} {value!r}")
     if value < 0:
@@ -248,6 +253,26 @@ class SeenIds:
             return False
         self._seen.add(doc_id)
         return True
+
+
+def document(path: str, line: int, user_id: str, doc_id: str, timestamp: int, title: str, text: str, *,
+             timestamp_field: str = "timestamp") -> "Document":
+    """A Document built by a reader, checked by the canonical record's own validation
+    (records.document_from_json) before it can be written: a value the next stage would
+    refuse (a date after 5138, an empty id, ...) is a located error here instead. The
+    error names the input's own field (`timestamp_field`) where the timestamp is wrong."""
+    from personalize_t5x.pipeline.corpus.records import document_from_json
+
+    if type(timestamp) is int and timestamp >= MAX_PLAUSIBLE_SECONDS and timestamp_field != "timestamp":
+        raise InputError(path, line, timestamp_field,
+                         f"implausibly late: {timestamp} s since the epoch is after the year 5138")
+    try:
+        return document_from_json({"user_id": user_id, "doc_id": doc_id, "timestamp": timestamp, "title": title,
+                                   "text": text}, path=path, line=line)
+    except InputError as error:
+        if error.field == "timestamp" and timestamp_field != "timestamp":
+            raise InputError(path, line, timestamp_field, error.reason) from None
+        raise
 
 
 def require_files(paths: list[str]) -> None:

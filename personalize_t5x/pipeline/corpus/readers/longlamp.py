@@ -231,9 +231,10 @@ def convert(obj: Any, path: str, line: int, where: str, report: StageReport, sta
         if timestamp is None:
             timestamp = clock
             clock += 1
+        document = _common.document(path, line, user, doc_id, timestamp, title, text, timestamp_field="date")
         latest = max(latest, timestamp)
         state.timestamps[doc_id] = timestamp
-        documents.append(Document(user, doc_id, timestamp, title, text))
+        documents.append(document)
 
     if target_text is None:
         report.drop("no_target")
@@ -251,7 +252,8 @@ def convert(obj: Any, path: str, line: int, where: str, report: StageReport, sta
             title = cleaning.normalize_inline(_first_text(obj, TITLE_FIELDS))
             if not title and isinstance(obj.get("input"), str):
                 title = title_from_input(obj["input"])
+            document = _common.document(path, line, user, doc_id, target_time, title, text, timestamp_field="date")
             state.timestamps[doc_id] = target_time
-            documents.append(Document(user, doc_id, target_time, title, text))
+            documents.append(document)
     state.clock[user] = clock
     return documents

@@ -247,4 +247,5 @@ def convert(data: bytes, from_line: bytes, path: str, line: int, report: StageRe
     doc_id = message_id.strip().strip("<>").strip()
     if not doc_id or any(c.isspace() for c in doc_id):
         doc_id = "sha1:" + hashlib.sha1(data).hexdigest()[:20]
-    return Document(user, doc_id, timestamp, cleaning.normalize_inline(subject), text)
+    return _common.document(path, line, user, doc_id, timestamp, cleaning.normalize_inline(subject), text,
+                            timestamp_field="Date")

@@ -148,4 +148,4 @@ def convert(obj: dict[str, Any], path: str, line: int, report: StageReport, titl
     if not text:
         report.drop("empty_text")
         return None
-    return Document(author.strip(), doc_id, timestamp, title, text)
+    return _common.document(path, line, author.strip(), doc_id, timestamp, title, text, timestamp_field="created_utc")
