@@ -65,6 +65,17 @@ def run(args: argparse.Namespace) -> int:
     from personalize_t5x.pipeline import features
     from personalize_t5x.pipeline.retrieval import ranking
 
+    from personalize_t5x.errors import InputError
+    from personalize_t5x.pipeline import examples as examples_lib
+
+    # The features stage trusts its input folder: only a finished examples build, whose
+    # stats.json fingerprints every file, is read (a truncated or replaced file is refused
+    # here, in one line, rather than inside a Beam worker).
+    if "://" not in args.examples_dir:
+        problem = examples_lib.finished_problem(args.examples_dir)
+        if problem is not None:
+            raise InputError(args.examples_dir, 0, "<folder>",
+                             f"not a finished `examples build` output ({problem}); rebuild it")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     beam_args = list(getattr(args, "beam_args", []))
     batch = {} if args.encode_batch_size is None else {"batch_size": args.encode_batch_size}

@@ -34,9 +34,80 @@ def is_gzip_path(path: str | os.PathLike) -> bool:
     return os.fspath(path).endswith(".gz")
 
 
-def open_binary_for_read(path: str | os.PathLike) -> IO[bytes]:
-    """Opens a file for binary reading, transparently gunzipping `*.gz` paths."""
-    return igzip.open(path, "rb") if is_gzip_path(path) else open(path, "rb")
+_STREAM_ERRORS = (EOFError, OSError, isal_zlib.error, zlib.error)
+
+
+def _stream_error(path: str, error: BaseException, line: int = 0) -> InputError:
+    if isinstance(error, EOFError):
+        kind = "truncated compressed stream"
+    elif is_gzip_path(path):
+        kind = "corrupt or not gzip compressed stream"
+    else:
+        kind = "unreadable file"
+    detail = " ".join(str(error).split()).replace(f"{path}: ", "")
+    return InputError(path, line, "<file>", f"{kind} ({detail or type(error).__name__})")
+
+
+class _LocatedReader:
+    """A binary reader whose I/O and decompression failures are located InputErrors.
+
+    With a `report` that skips bad records, a failure is counted there once and the
+    stream ends (b""): nothing after a corrupt point of a compressed stream is readable.
+    """
+
+    def __init__(self, path: str, raw: IO[bytes], report: StageReport | None):
+        self._path, self._raw, self._report, self._failed = path, raw, report, False
+
+    def _fail(self, error: BaseException) -> bytes:
+        located = _stream_error(self._path, error)
+        if self._report is None or not self._report.skip_bad:
+            raise located from None
+        if not self._failed:
+            self._failed = True
+            self._report.bad_record(located)
+        return b""
+
+    def read(self, size: int = -1) -> bytes:
+        if self._failed:
+            return b""
+        try:
+            return self._raw.read(size)
+        except _STREAM_ERRORS as error:
+            return self._fail(error)
+
+    def readline(self, size: int = -1) -> bytes:
+        if self._failed:
+            return b""
+        try:
+            return self._raw.readline(size)
+        except _STREAM_ERRORS as error:
+            return self._fail(error)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> "_LocatedReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_binary_for_read(path: str | os.PathLike, *, report: StageReport | None = None) -> IO[bytes]:
+    """Opens a file for binary reading, transparently gunzipping `*.gz` paths. A missing
+    file or a folder raises a located InputError; so does a truncated or corrupt stream,
+    unless `report` skips bad records (then it is counted and the stream ends there)."""
+    path = os.fspath(path)
+    _check_readable_file(path)
+    try:
+        raw = igzip.open(path, "rb") if is_gzip_path(path) else open(path, "rb")
+    except OSError as error:
+        raise _stream_error(path, error) from None
+    return _LocatedReader(path, raw, report)  # type: ignore[return-value]
 
 
 _READ_BLOCK_BYTES = 1 << 22
@@ -219,10 +290,8 @@ def iter_binary_lines(path: str | os.PathLike, *, stream: IO[bytes] | None = Non
             for line in lines:
                 number += 1
                 yield number, line.rstrip(b"\r")
-    except (EOFError, OSError, isal_zlib.error, zlib.error) as error:
-        kind = "truncated" if isinstance(error, EOFError) else "corrupt or not gzip" if is_gzip_path(path) else "unreadable"
-        detail = " ".join(str(error).split()).replace(f"{path}: ", "")
-        raise InputError(path, number + 1, "<file>", f"{kind} compressed stream ({detail or type(error).__name__})") from None
+    except _STREAM_ERRORS as error:
+        raise _stream_error(path, error, number + 1) from None
     if partial:
         yield number + 1, partial.rstrip(b"\r")
 

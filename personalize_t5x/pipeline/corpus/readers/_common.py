@@ -40,7 +40,7 @@ def iter_json_lines(path: str, report: StageReport) -> Iterator[tuple[int, dict[
 
 def first_nonspace_char(path: str) -> str:
     """The first character of the file that is not whitespace or a BOM ('' if none)."""
-    with open_binary(path) as f:
+    with open_binary(path, report=StageReport(skip_bad=True)) as f:  # a fault: reported by the real read
         while True:
             chunk = f.read(4096)
             if not chunk:
@@ -62,7 +62,7 @@ def iter_json_array(path: str, report: StageReport) -> Iterator[tuple[int, int, 
     `report.bad_record` and, when skipped, the rest of that file is not read (there is
     no reliable way to find the next element).
     """
-    with open_binary(path) as f:
+    with open_binary(path, report=report) as f:
         yield from _JsonArrayScanner(path, f, report).elements()
 
 

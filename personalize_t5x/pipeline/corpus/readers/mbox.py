@@ -79,8 +79,10 @@ def iter_raw_messages(path: str, report: StageReport) -> Iterator[tuple[int, byt
     from_line = b""
     lines: list[bytes] = []
     complained = False
-    with _common.open_binary(path) as f:
+    with _common.open_binary(path, report=report) as f:
         for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 BOM: the first message still starts here
             if raw.startswith(b"From "):
                 if start:
                     yield start, from_line, _message_bytes(lines)

@@ -188,7 +188,7 @@ def _read_file(path: str, report: StageReport, seen: _common.SeenIds) -> Iterato
                 report.kept += 1
                 yield document
 
-    with _common.open_binary(path) as f:
+    with _common.open_binary(path, report=report) as f:
         while True:
             chunk = f.read(_CHUNK)
             error: InputError | None = None
