@@ -20,6 +20,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import google_crc32c
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
 from personalize_t5x.errors import InputError
 
@@ -109,7 +110,7 @@ def read_bytes_examples(path: str) -> Iterator[tuple[int, dict[str, bytes]]]:
     for number, record in enumerate(iter_tfrecord(path), start=1):
         try:
             yield number, parse_bytes_example(record)
-        except ValueError as error:  # protobuf DecodeError is a ValueError too
+        except (ValueError, DecodeError) as error:
             raise TFRecordError(path, number, f"not a tf.train.Example of bytes features: {error}") from None
 
 

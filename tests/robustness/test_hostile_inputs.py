@@ -172,7 +172,7 @@ def test_unwritable_outputs_are_one_line_errors(tmp_path, capsys, where):
     assert rc == 2 and err.count("\n") == 1 and str(target) in err, err
     folder = target if where != "is_a_folder" else tmp_path / "a_file"
     rc, _, err = run(["examples", "build", "--input", source, "--output-dir", folder], capsys)
-    assert rc == 2 and err.count("\n") == 1 and "--output-dir" in err or str(folder) in err, err
+    assert rc == 2 and err.count("\n") == 1 and ("--output-dir" in err or str(folder) in err), err
 
 
 @pytest.fixture(scope="module")
