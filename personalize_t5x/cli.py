@@ -66,10 +66,26 @@ NOISY_LOGGERS = ("apache_beam", "apitools", "oauth2client", "jax._src.xla_bridge
                  "orbax", "urllib3", "google")
 
 
+# Messages some libraries log on the root logger itself (so no logger level reaches
+# them): Beam's apitools/bigquery notice at import, and backend probing.
+NOISY_ROOT_MESSAGES = ("apitools not found", "Discarding unparseable args", "Unable to initialize backend",
+                       "libtpu", "An NVIDIA GPU may be present", "cuda", "CUDA")
+
+
+class _DropLibraryNoise:
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in NOISY_ROOT_MESSAGES)
+
+
 def quiet_library_noise() -> None:
     import logging
     import os
     import warnings
+
+    root = logging.getLogger()
+    if not any(isinstance(f, _DropLibraryNoise) for f in root.filters):
+        root.addFilter(_DropLibraryNoise())
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ logging (cuda drivers)
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

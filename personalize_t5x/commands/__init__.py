@@ -51,3 +51,23 @@ def config_values() -> Iterator[None]:
         if not reason or " " in field:
             field, reason = "<options>", text
         raise OptionError(f"--{field.replace('_', '-')}" if field != "<options>" else field, reason) from None
+
+
+def check_output_folder(path: str, option: str) -> None:
+    """Refuses an output folder that cannot be one, before any input is read: an existing
+    file, a path under a file, or (for a non-root user) a folder without write permission.
+    Remote paths (gs://, ...) are left to their filesystem."""
+    import os
+
+    if "://" in path:
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OptionError(option, f"{path} exists and is not a folder")
+    parent = path
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    parent = parent or "."
+    if not os.path.isdir(parent):
+        raise OptionError(option, f"{parent} is a file, so {path} cannot be created under it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OptionError(option, f"{parent} is not writable")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from personalize_t5x import feature_names
-from personalize_t5x.commands import config_values, positive_int
+from personalize_t5x.commands import check_output_folder, config_values, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from personalize_t5x.tasks import retrieval_eval
 
+    check_output_folder(args.output_dir, "--output-dir")
     with config_values():
         config = retrieval_eval.RetrievalEvalConfig(
             splits=tuple(args.splits), strategies=tuple(args.strategies) if args.strategies else None,

@@ -6,7 +6,7 @@ import json
 import os
 import time
 
-from personalize_t5x.commands import fraction, non_negative_float, non_negative_int, positive_int, seed_int
+from personalize_t5x.commands import check_output_folder, fraction, non_negative_float, non_negative_int, positive_int, seed_int
 from personalize_t5x.pipeline import examples as examples_lib
 from personalize_t5x.errors import StageReport
 from personalize_t5x.pipeline.corpus.records import read_documents
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     stats_path = os.path.join(args.output_dir, examples_lib.STATS_FILE)
-    _check_output_dir(args.output_dir)
+    check_output_folder(args.output_dir, "--output-dir")
     if args.overwrite:
         examples_lib.remove_finished_marker(args.output_dir)  # before anything else can fail
     elif os.path.exists(stats_path):
@@ -68,18 +68,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nwrote {args.output_dir} in {time.perf_counter() - started:.1f} s")
     return 0
 
-
-def _check_output_dir(path: str) -> None:
-    """Refuses an output folder that cannot be one, before any input is read."""
-    from personalize_t5x.errors import OptionError
-
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise OptionError("--output-dir", f"{path} exists and is not a folder")
-    parent = path
-    while parent and not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    parent = parent or "."
-    if not os.path.isdir(parent):
-        raise OptionError("--output-dir", f"{parent} is a file, so {path} cannot be created under it")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OptionError("--output-dir", f"{parent} is not writable")

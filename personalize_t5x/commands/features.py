@@ -14,7 +14,7 @@ import sys
 from typing import Any, Sequence
 
 from personalize_t5x import feature_names
-from personalize_t5x.commands import config_values, positive_int
+from personalize_t5x.commands import check_output_folder, config_values, positive_int
 
 
 def _parse_args_forwarding_unknown(parser: argparse.ArgumentParser, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:
@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     # The features stage trusts its input folder: only a finished examples build, whose
     # stats.json fingerprints every file, is read (a truncated or replaced file is refused
     # here, in one line, rather than inside a Beam worker).
+    check_output_folder(args.output_dir, "--output-dir")
     if "://" not in args.examples_dir:
         problem = examples_lib.finished_problem(args.examples_dir)
         if problem is not None:

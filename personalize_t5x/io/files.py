@@ -301,7 +301,13 @@ class OutputError(PersonalizeError):
     where a file belongs, a full disk), as one line naming the path."""
 
     def __init__(self, path: str, error: OSError):
-        super().__init__(f"cannot write: {error.strerror or error}", path=path, field="<output>")
+        reason = error.strerror or str(error)
+        ancestor = os.path.dirname(os.path.abspath(path))
+        while ancestor and not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
+            ancestor = os.path.dirname(ancestor)
+        if os.path.exists(ancestor) and not os.path.isdir(ancestor):
+            reason = f"{ancestor} is a file, not a folder"
+        super().__init__(f"cannot write: {reason}", path=path, field="<output>")
 
 
 @contextlib.contextmanager

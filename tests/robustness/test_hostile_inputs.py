@@ -317,3 +317,22 @@ def test_every_format_has_cases():
     assert set(FORMAT_CASES) == {"jsonl", "amazon", "reddit", "longlamp", "stackexchange", "mbox"}
     assert all(len(make()) >= 5 for make in FORMAT_CASES.values())
     assert GOOD >= 2
+
+
+def test_every_command_refuses_an_output_under_a_file_in_one_line(tmp_path, capsys, built_examples):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text("".join(json.dumps(p) + "\n" for p in _predictions(6)))
+    for argv in (
+        ["vocab", "--examples-dir", built_examples, "--output", a_file / "spm.model", "--vocab-size", "60"],
+        ["vocab", "--examples-dir", built_examples, "--output", built_examples, "--vocab-size", "60"],
+        ["features", "--examples-dir", built_examples, "--output-dir", a_file / "features"],
+        ["features", "--examples-dir", built_examples, "--output-dir", a_file],
+        ["eval-retrieval", "--features-dir", tmp_path, "--output-dir", a_file / "r"],
+        ["compare", predictions, predictions, "--json", a_file / "c.json"],
+        ["corpus", "convert", "--format", "jsonl", "--input", built_examples / "documents.jsonl.gz",
+         "--output", tmp_path / "ok.jsonl", "--report", a_file / "r.json"],
+    ):
+        rc, _, err = run(argv, capsys)
+        assert rc == 2 and err.count("\n") == 1 and ("a_file" in err or str(built_examples) in err), (argv, err)
