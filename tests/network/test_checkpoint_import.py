@@ -256,3 +256,13 @@ def test_legacy_specs_are_confined_to_the_checkpoint_folder(tmp_path):
     _write_legacy(str(ckpt))
     np.testing.assert_array_equal(ci.load_t5x_params(str(ckpt))["token_embedder"]["embedding"],
                                   PARAMS["token_embedder"]["embedding"])
+
+
+def test_orbax_tree_keys_that_are_not_plain_names_are_refused(tmp_path):
+    """Orbax names array files after tree keys; a '..' key must not reach a path."""
+    import orbax.checkpoint as ocp
+
+    state = str(tmp_path / "c" / "state")
+    ocp.PyTreeCheckpointer().save(state, {"target": {"..": np.ones(3, np.float32), "ok": np.ones(2, np.float32)}})
+    with pytest.raises(ci.CheckpointImportError, match=r"tree key 'target/\.\.' is not a plain name"):
+        ci.load_t5x_params(str(tmp_path / "c"))
