@@ -122,6 +122,22 @@ def longlamp_cases() -> list[Case]:
         ("profile_item_year_9999", {**longlamp_good(61), "profile": [{"text": "p", "date": "9999-12-31"}]}, "bad"),
         ("profile_is_a_string", {**longlamp_good(62), "profile": "x"}, "bad"),
     ])
+    g = [longlamp_good(i) for i in range(GOOD)]
+
+    def array(bad: bytes) -> bytes:  # the JSON-array form LongLaMP ships; a bad element ends the file
+        return b"[\n" + b",\n".join([json.dumps(r).encode() for r in g] + [bad]) + b"\n]\n"
+
+    for name, bad in [("array_deep", b"[" * 100_000 + b"]" * 100_000),
+                      ("array_lone_surrogate", json.dumps(longlamp_good(80)).replace("8", "\\ud800", 1).encode()),
+                      ("array_nan", json.dumps(longlamp_good(81)).encode()[:-1] + b', "x": NaN}'),
+                      ("array_int_over_64_bits", json.dumps({**longlamp_good(82), "x": 2 ** 70}).encode()),
+                      ("array_year_9999", json.dumps({**longlamp_good(83), "date": "9999-12-31"}).encode()),
+                      ("array_truncated", array(b"{}")[:-20])]:
+        truncated = name == "array_truncated"  # cuts the last good record too
+        cases.append(Case(name, f"longlamp-{name}.json", bad if truncated else array(bad), "bad",
+                          kept=GOOD - 1 if truncated else GOOD))
+    cases.append(Case("array_bom", "longlamp-array-bom.json", b"\xef\xbb\xbf" + array(json.dumps(longlamp_good(84)).encode()),
+                      "ok", kept=GOOD + 1))
     # LongLaMP records hold two documents each (target + one profile item).
     return [dataclasses.replace(c, kept=2 * c.kept) for c in cases]
 

@@ -169,6 +169,16 @@ class _JsonArrayScanner:
                     line = self.line + self.buf.count("\n", self.pos, e.pos)
                     self._fail("<record>", f"malformed JSON: array element {index}: {e.msg}", line)
                     return
+                except RecursionError:
+                    self._fail("<record>", f"malformed JSON: array element {index}: nested too deeply")
+                    return
+            # The element's text through the one JSONL decoder, so an array holds to the same
+            # rules as a line (no lone surrogates, NaN, over-64-bit integers, 1024+ levels).
+            try:
+                value = io_lib.decode_json_line(self.buf[self.pos:end].encode("utf-8"), path=self.path, line=0)
+            except InputError as error:
+                self._fail("<record>", f"array element {index}: {error.reason}")
+                return
             start_line = self.line
             self.line += self.buf.count("\n", self.pos, end)
             self.pos = end
