@@ -611,8 +611,15 @@ def write_examples(result: ExamplesResult, output_dir: str | os.PathLike) -> Non
                    for name, records in jobs.items()]
         for future in futures:
             future.result()
-    result.stats["files"] = {name: _file_fingerprint(os.path.join(output_dir, name)) for name in OUTPUT_FILES}
-    io_lib.write_json(os.path.join(output_dir, STATS_FILE), result.stats)
+    write_finished_marker(output_dir, result.stats)
+
+
+def write_finished_marker(output_dir: str | os.PathLike, stats: dict[str, Any]) -> None:
+    """Writes stats.json with the fingerprint of every output file now in the folder: the
+    last step of a build (also for folders assembled by other means, e.g. tests)."""
+    output_dir = os.fspath(output_dir)
+    stats["files"] = {name: _file_fingerprint(os.path.join(output_dir, name)) for name in OUTPUT_FILES}
+    io_lib.write_json(os.path.join(output_dir, STATS_FILE), stats)
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
