@@ -56,10 +56,10 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
-import json
 import re
 from typing import Any, Iterator, Sequence
 
+from personalize_t5x.io import files as io_lib
 from personalize_t5x.pipeline.corpus import cleaning
 from personalize_t5x.errors import InputError, StageReport
 from personalize_t5x.pipeline.corpus.readers import _common
@@ -177,9 +177,9 @@ def _profile(obj: dict[str, Any], path: str, line: int, where: str) -> list[dict
         return []
     if isinstance(profile, str):  # some exports store the list as a JSON string
         try:
-            profile = json.loads(profile)
-        except json.JSONDecodeError:
-            raise InputError(path, line, "profile", f"not a list: a string that is not a JSON list{where}") from None
+            profile = io_lib.decode_json_line(profile.encode("utf-8", "surrogatepass"), path=path, line=0)
+        except InputError as error:
+            raise InputError(path, line, "profile", f"not a list: a string that is not a JSON list ({error.reason}){where}") from None
     if not isinstance(profile, list):
         raise InputError(path, line, "profile", f"not a list: {type(profile).__name__}{where}")
     for i, item in enumerate(profile):
