@@ -4,7 +4,9 @@ Each command lives in its own module under personalize_t5x/commands/ and exposes
 `add_arguments(parser)` and `run(args) -> int`. Modules are imported only when their
 command runs, so `personalize-t5x corpus stats` does not pay for importing TensorFlow.
 Bad input ends a command with one line naming file, line and field (exit status 2),
-never a traceback.
+never a traceback: the CLI catches `personalize_t5x.errors.PersonalizeError`, the one base
+class of the project's errors, and nothing else. `--verbose` (anywhere on the line) shows
+the libraries' log noise that is hidden by default.
 """
 from __future__ import annotations
 
@@ -37,8 +39,16 @@ def _available_commands() -> dict[str, tuple[str, str]]:
     return available
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is the one line `PROG: error: MESSAGE` (exit 2): the
+    same shape as every other error of the CLI. `-h` still prints the full usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="personalize-t5x",
         description="Personalized long-form generation with T5 on JAX (T5X conventions).",
     )
@@ -49,8 +59,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Loggers of libraries that report things irrelevant to a user of this CLI at WARNING or
+# INFO: Beam's option parser ("Discarding unparseable args"), apitools, JAX looking for
+# TPU/GPU backends (libtpu, cuda), TensorFlow and absl. `--verbose` leaves them alone.
+NOISY_LOGGERS = ("apache_beam", "apitools", "oauth2client", "jax._src.xla_bridge", "jax", "tensorflow", "absl",
+                 "orbax", "urllib3", "google")
+
+
+# Messages some libraries log on the root logger itself (so no logger level reaches
+# them): Beam's apitools/bigquery notice at import, and backend probing.
+NOISY_ROOT_MESSAGES = ("apitools not found", "Discarding unparseable args", "Unable to initialize backend",
+                       "libtpu", "An NVIDIA GPU may be present", "cuda", "CUDA")
+
+
+class _DropLibraryNoise:
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in NOISY_ROOT_MESSAGES)
+
+
+def quiet_library_noise() -> None:
+    import logging
+    import os
+    import warnings
+
+    root = logging.getLogger()
+    if not any(isinstance(f, _DropLibraryNoise) for f in root.filters):
+        root.addFilter(_DropLibraryNoise())
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ logging (cuda drivers)
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", module="apache_beam")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    if verbose:
+        argv.remove("--verbose")
+    else:
+        quiet_library_noise()
     parser = build_parser()
     # Parse the command name first, then let its module define the rest of its flags.
     if not argv or argv[0] in ("-h", "--help"):
@@ -59,17 +110,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = argv[0]
     available = _available_commands()
     if name not in available:
-        parser.error(f"unknown command {name!r}; choose from {', '.join(available)}")
-    module = importlib.import_module(available[name][0])
-    sub = argparse.ArgumentParser(prog=f"personalize-t5x {name}", description=available[name][1])
-    module.add_arguments(sub)
-    args = sub.parse_args(argv[1:])
-    from personalize_t5x.errors import InputError  # light import, no TF
+        try:
+            parser.error(f"unknown command {name!r}; choose from {', '.join(available)}")
+        except SystemExit as exit_:
+            return int(exit_.code or 0)
+    from personalize_t5x.errors import PersonalizeError  # light import, no TF
 
+    module = importlib.import_module(available[name][0])
+    sub = OneLineErrorParser(prog=f"personalize-t5x {name}", description=available[name][1])
+    module.add_arguments(sub)
+    try:
+        args = sub.parse_args(argv[1:])
+    except SystemExit as exit_:  # -h or a usage error: a status, also for in-process callers
+        return int(exit_.code or 0)
+    args.verbose = verbose
+    # Only the project's own errors become one line: anything else is a bug and keeps
+    # its traceback.
     try:
         return int(module.run(args) or 0)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except PersonalizeError as error:
+        print(f"error: {error.one_line()}", file=sys.stderr)
         return 2
 
 

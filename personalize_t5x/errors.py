@@ -12,16 +12,61 @@ import dataclasses
 from typing import Any
 
 
-class InputError(ValueError):
+class PersonalizeError(ValueError):
+    """The one base class of the project's own errors: what the CLI and the entry points catch.
+
+    Carries an optional location (file, 1-based line, field) so that every error prints as
+    one line naming where the problem is. Anything that is not a PersonalizeError is a bug
+    and keeps its traceback. It stays a ValueError so that callers written against the
+    older classes (all ValueErrors) keep working; catch sites must name PersonalizeError.
+    """
+
+    def __init__(self, message: str = "", *, path: str | None = None, line: int | None = None,
+                 field: str | None = None):
+        self.message = str(message)
+        self.path = None if path is None else str(path)
+        self.line = None if line is None else int(line)
+        self.field = field
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        if self.path is None and self.field is None:
+            return self.message
+        where = self.path or ""
+        if self.path and self.line:
+            where = f"{self.path}:{self.line}"
+        parts = [where] if where else []
+        if self.field:
+            parts.append(f"field '{self.field}'")
+        return ": ".join(parts + [self.message]) if self.message else ": ".join(parts)
+
+    def one_line(self) -> str:
+        """The message on one line (newlines of wrapped library errors folded)."""
+        return " ".join(str(self).split())
+
+
+class InputError(PersonalizeError):
     """A bad input record, located by file, line (1-based; 0 if not line-based) and field."""
 
     def __init__(self, path: str, line: int, field: str, reason: str):
-        self.path, self.line, self.field, self.reason = str(path), int(line), field, reason
-        super().__init__(str(self))
+        self.reason = reason
+        super().__init__(reason, path=str(path), line=int(line), field=field)
+        self.line = int(line)
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else self.path
         return f"{where}: field '{self.field}': {self.reason}"
+
+
+class OptionError(PersonalizeError):
+    """An invalid option or config value; `field` names the option (e.g. '--seed')."""
+
+    def __init__(self, field: str, reason: str):
+        self.reason = reason
+        super().__init__(reason, field=field)
+
+    def __str__(self) -> str:
+        return f"option {self.field}: {self.reason}"
 
 
 @dataclasses.dataclass

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 
+from personalize_t5x.commands import open_unit_interval
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("a", help="prediction file of system A (JSONL, gzip ok)")
     parser.add_argument("b", help="prediction file of system B, same examples")
-    parser.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01, the paper's)")
+    parser.add_argument("--alpha", type=open_unit_interval, default=0.01, help="significance level (default 0.01, the paper's)")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the comparison as JSON here")
 
 

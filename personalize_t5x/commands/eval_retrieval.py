@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from personalize_t5x import feature_names
+from personalize_t5x.commands import check_output_folder, config_values, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -12,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--splits", nargs="+", default=["validation", "test"], choices=feature_names.SPLITS)
     parser.add_argument("--strategies", nargs="+", default=None, choices=feature_names.RANKING_STRATEGIES,
                         help="default: those the features stage computed")
-    parser.add_argument("--max-examples", type=int, default=None, help="score the first N examples of each split")
+    parser.add_argument("--max-examples", type=positive_int, default=None, help="score the first N examples of each split")
     parser.add_argument("--no-stemmer", action="store_true", help="ROUGE without Porter stemming")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -20,9 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from personalize_t5x.tasks import retrieval_eval
 
-    config = retrieval_eval.RetrievalEvalConfig(
-        splits=tuple(args.splits), strategies=tuple(args.strategies) if args.strategies else None,
-        max_examples=args.max_examples, use_stemmer=not args.no_stemmer)
+    check_output_folder(args.output_dir, "--output-dir")
+    with config_values():
+        config = retrieval_eval.RetrievalEvalConfig(
+            splits=tuple(args.splits), strategies=tuple(args.strategies) if args.strategies else None,
+            max_examples=args.max_examples, use_stemmer=not args.no_stemmer)
     results = retrieval_eval.evaluate_retrieval(features_dir=args.features_dir, config=config, progress=not args.no_progress)
     paths = retrieval_eval.write_outputs(results, args.output_dir)
     print(retrieval_eval.format_table(results))

@@ -14,6 +14,7 @@ import sys
 from typing import Any, Sequence
 
 from personalize_t5x import feature_names
+from personalize_t5x.commands import check_output_folder, config_values, positive_int
 
 
 def _parse_args_forwarding_unknown(parser: argparse.ArgumentParser, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:
@@ -29,13 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=feature_names.RANKING_STRATEGIES, help="ranking strategies to compute (default: all)")
     parser.add_argument("--splits", nargs="+", default=list(feature_names.SPLITS), choices=feature_names.SPLITS)
     parser.add_argument("--encoder", default=None, help="sentence-transformers checkpoint folder (default: bundled all-MiniLM-L6-v2)")
-    parser.add_argument("--encode-batch-size", type=int, default=None, help="encoder batch size (default: the encoder's)")
-    parser.add_argument("--max-chars", type=int, default=2500, help="length of each ranked text")
-    parser.add_argument("--snippet-chars", type=int, default=250)
-    parser.add_argument("--num-shards", type=int, default=None, help="shards per split (default: one per --examples-per-shard examples)")
-    parser.add_argument("--examples-per-shard", type=int, default=5000)
+    parser.add_argument("--encode-batch-size", type=positive_int, default=None, help="encoder batch size (default: the encoder's)")
+    parser.add_argument("--max-chars", type=positive_int, default=2500, help="length of each ranked text")
+    parser.add_argument("--snippet-chars", type=positive_int, default=250)
+    parser.add_argument("--num-shards", type=positive_int, default=None, help="shards per split (default: one per --examples-per-shard examples)")
+    parser.add_argument("--examples-per-shard", type=positive_int, default=5000)
     parser.add_argument("--runner", default=None, help="Beam runner (default DirectRunner); other Beam flags pass through")
-    parser.add_argument("--direct-num-workers", type=int, default=2)
+    parser.add_argument("--direct-num-workers", type=positive_int, default=2)
     parser.add_argument("--direct-running-mode", default="multi_processing", choices=("in_memory", "multi_threading", "multi_processing"))
     parser.add_argument("--one-core-per-worker", action="store_true",
                         help="pin each DirectRunner worker process to a core of its own, so the encoder runs one thread per "
@@ -64,22 +65,35 @@ def run(args: argparse.Namespace) -> int:
     from personalize_t5x.pipeline import features
     from personalize_t5x.pipeline.retrieval import ranking
 
+    from personalize_t5x.errors import InputError
+    from personalize_t5x.pipeline import examples as examples_lib
+
+    # The features stage trusts its input folder: only a finished examples build, whose
+    # stats.json fingerprints every file, is read (a truncated or replaced file is refused
+    # here, in one line, rather than inside a Beam worker).
+    check_output_folder(args.output_dir, "--output-dir")
+    if "://" not in args.examples_dir:
+        problem = examples_lib.finished_problem(args.examples_dir)
+        if problem is not None:
+            raise InputError(args.examples_dir, 0, "<folder>",
+                             f"not a finished `examples build` output ({problem}); rebuild it")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     beam_args = list(getattr(args, "beam_args", []))
     batch = {} if args.encode_batch_size is None else {"batch_size": args.encode_batch_size}
-    config = features.FeaturesConfig(
-        strategies=tuple(args.strategies),
-        ranking=ranking.RankingConfig(max_chars=args.max_chars, snippet_chars=args.snippet_chars, **batch),
-        encoder_path=args.encoder,
-        splits=tuple(args.splits),
-        num_shards=args.num_shards,
-        examples_per_shard=args.examples_per_shard,
-        runner=args.runner or "DirectRunner",
-        direct_num_workers=args.direct_num_workers,
-        direct_running_mode=args.direct_running_mode,
-        one_core_per_worker=args.one_core_per_worker,
-        pipeline_args=tuple(beam_args),
-    )
+    with config_values():
+        config = features.FeaturesConfig(
+            strategies=tuple(args.strategies),
+            ranking=ranking.RankingConfig(max_chars=args.max_chars, snippet_chars=args.snippet_chars, **batch),
+            encoder_path=args.encoder,
+            splits=tuple(args.splits),
+            num_shards=args.num_shards,
+            examples_per_shard=args.examples_per_shard,
+            runner=args.runner or "DirectRunner",
+            direct_num_workers=args.direct_num_workers,
+            direct_running_mode=args.direct_running_mode,
+            one_core_per_worker=args.one_core_per_worker,
+            pipeline_args=tuple(beam_args),
+        )
     result = features.run_features(examples_dir=args.examples_dir, output_dir=args.output_dir, config=config,
                                    force=args.force, progress=not args.no_progress)
     print(format_summary(result))

@@ -11,24 +11,27 @@ personalize_t5x/tasks/vocab.py. The same input and seed give a byte-identical mo
 from __future__ import annotations
 
 import argparse
+import os
+
+from personalize_t5x.commands import non_negative_int, open_unit_interval, positive_int, seed_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--examples-dir", required=True, help="output folder of `personalize-t5x examples build`")
     parser.add_argument("--output", required=True, help="path of the model to write, e.g. DATA/<dataset>/vocab/spm.model")
-    parser.add_argument("--vocab-size", type=int, default=32000,
+    parser.add_argument("--vocab-size", type=positive_int, default=32000,
                         help="pieces in the model, before SeqIO's extra ids (default 32000)")
     parser.add_argument("--model-type", default="unigram", choices=("unigram", "bpe", "char", "word"))
-    parser.add_argument("--character-coverage", type=float, default=0.9995)
+    parser.add_argument("--character-coverage", type=open_unit_interval, default=0.9995)
     parser.add_argument("--byte-fallback", action="store_true", help="unknown characters become UTF-8 byte pieces")
     parser.add_argument("--hard-vocab-limit", action="store_true",
                         help="fail when the corpus cannot give --vocab-size pieces (default: a smaller model)")
     parser.add_argument("--include-author-pairs", action="store_true",
                         help="also train on the texts of author_pairs_train.jsonl.gz")
-    parser.add_argument("--max-sentences", type=int, default=None,
+    parser.add_argument("--max-sentences", type=non_negative_int, default=None,
                         help="keep a seeded uniform sample of this many lines (default 1,000,000; 0 keeps all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-threads", type=int, default=None)
+    parser.add_argument("--seed", type=seed_int, default=0)
+    parser.add_argument("--num-threads", type=positive_int, default=None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
         max_sentences=max_sentences,
         seed=args.seed,
     )
+    if not sentences:
+        from personalize_t5x.errors import InputError
+
+        raise InputError(os.path.join(args.examples_dir, "train.jsonl.gz"), 0, "<file>",
+                         "no training text: the training split is empty")
     size = vocab.train_sentencepiece(
         sentences,
         args.output,

@@ -20,6 +20,9 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import google_crc32c
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
+
+from personalize_t5x.errors import InputError
 
 _PACKAGE = "tensorflow"
 
@@ -95,6 +98,22 @@ def parse_bytes_example(record: bytes) -> dict[str, bytes]:
 _MASK_DELTA = 0xA282EAD8
 
 
+class TFRecordError(InputError):
+    """A TFRecord file that is truncated or corrupt, located by file and record number."""
+
+    def __init__(self, path: str, number: int, reason: str):
+        super().__init__(path, number, "<record>", reason)
+
+
+def read_bytes_examples(path: str) -> Iterator[tuple[int, dict[str, bytes]]]:
+    """(record number, {feature: bytes}) of a TFRecord file of bytes-only tf.train.Examples."""
+    for number, record in enumerate(iter_tfrecord(path), start=1):
+        try:
+            yield number, parse_bytes_example(record)
+        except (ValueError, DecodeError) as error:
+            raise TFRecordError(path, number, f"not a tf.train.Example of bytes features: {error}") from None
+
+
 def _masked_crc(data: bytes) -> int:
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
@@ -123,7 +142,9 @@ def write_tfrecord(path: str, records: Iterable[bytes]) -> int:
 
 
 def iter_tfrecord(path: str, *, verify: bool = True) -> Iterator[bytes]:
-    """Records of an uncompressed TFRecord file; a bad length or CRC raises ValueError."""
+    """Records of an uncompressed TFRecord file (any Beam filesystem): the project's one
+    TFRecord reader. A bad length or CRC raises TFRecordError (a ValueError and an
+    InputError naming the file and record)."""
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.open(path, compression_type="uncompressed") as f:
@@ -131,14 +152,14 @@ def iter_tfrecord(path: str, *, verify: bool = True) -> Iterator[bytes]:
         while header := f.read(12):
             number += 1
             if len(header) < 12:
-                raise ValueError(f"{path}: record {number}: truncated header")
+                raise TFRecordError(path, number, "truncated header")
             (length,), (length_crc,) = struct.unpack("<Q", header[:8]), struct.unpack("<I", header[8:])
             if verify and _masked_crc(header[:8]) != length_crc:
-                raise ValueError(f"{path}: record {number}: corrupt length")
+                raise TFRecordError(path, number, "corrupt length")
             data = f.read(length)
             footer = f.read(4)
             if len(data) < length or len(footer) < 4:
-                raise ValueError(f"{path}: record {number}: truncated data")
+                raise TFRecordError(path, number, "truncated data")
             if verify and _masked_crc(data) != struct.unpack("<I", footer)[0]:
-                raise ValueError(f"{path}: record {number}: corrupt data (CRC mismatch)")
+                raise TFRecordError(path, number, "corrupt data (CRC mismatch)")
             yield data

@@ -32,13 +32,16 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from personalize_t5x.errors import PersonalizeError
+from personalize_t5x.io import files as io_files
+
 PyTree = Any
 
 LEGACY = "legacy"
 ORBAX = "orbax"
 
 
-class CheckpointImportError(ValueError):
+class CheckpointImportError(PersonalizeError):
     """A T5X checkpoint could not be read or does not fit the model."""
 
 
@@ -226,26 +229,61 @@ def _is_ts_spec(x: Any) -> bool:
     return isinstance(x, Mapping) and "driver" in x and "kvstore" in x
 
 
+# What a T5X legacy checkpoint's TensorStore specs hold (t5x.checkpoints._get_spec): a zarr
+# array on a local "file" kvstore, at a path relative to the checkpoint folder. Anything
+# else (another driver such as "json", "cast" or "array", an absolute path, a ".." that
+# climbs out) could make a crafted checkpoint read arbitrary files, so it is refused.
+ALLOWED_ARRAY_DRIVERS = ("zarr",)
+ALLOWED_KVSTORE_DRIVERS = ("file",)
+_SPEC_KEYS = {"driver", "dtype", "kvstore", "metadata", "path"}
+_KVSTORE_KEYS = {"driver", "path"}
+
+
 def _absolute_spec(spec: Mapping[str, Any], ckpt_dir: str, name: str) -> Dict[str, Any]:
-    spec = dict(spec)
-    spec.pop("metadata", None)  # re-read from the array itself
+    """A clean TensorStore spec for one array, confined to `ckpt_dir`.
+
+    Only the fields a T5X spec holds are carried over; the result is built afresh rather
+    than edited, so no other field of the stored spec reaches TensorStore.
+    """
+    where = f"T5X checkpoint {ckpt_dir}: array '{name}'"
+    driver = spec.get("driver")
+    if driver not in ALLOWED_ARRAY_DRIVERS:
+        raise CheckpointImportError(f"{where} uses TensorStore driver {driver!r}; only {ALLOWED_ARRAY_DRIVERS} "
+                                    "arrays are part of a T5X checkpoint")
+    unknown = sorted(set(spec) - _SPEC_KEYS)
+    if unknown:
+        raise CheckpointImportError(f"{where}: unexpected spec field {unknown[0]!r}")
     kvstore = spec["kvstore"]
     if isinstance(kvstore, str):
         kvstore = {"driver": "file", "path": kvstore}
-    kvstore = dict(kvstore)
-    if kvstore.get("driver") != "file":
+    if not isinstance(kvstore, Mapping):
+        raise CheckpointImportError(f"{where}: kvstore is {type(kvstore).__name__}, not a spec")
+    if kvstore.get("driver") not in ALLOWED_KVSTORE_DRIVERS:
         raise CheckpointImportError(
-            f"T5X checkpoint {ckpt_dir}: array '{name}' is stored on '{kvstore.get('driver')}', "
+            f"{where} is stored on '{kvstore.get('driver')}', "
             "only local ('file') arrays can be read; copy the checkpoint to local disk first"
         )
+    unknown = sorted(set(kvstore) - _KVSTORE_KEYS)
+    if unknown:
+        raise CheckpointImportError(f"{where}: unexpected kvstore field {unknown[0]!r}")
     sub = kvstore.get("path", "")
-    if "path" in spec:  # older specs: kvstore is the directory, path the array
-        sub = os.path.join(sub, spec.pop("path"))
-    if not os.path.isabs(sub):
-        sub = os.path.join(ckpt_dir, sub)
-    kvstore["path"] = sub
-    spec["kvstore"] = kvstore
-    return spec
+    inner = spec.get("path")
+    if not isinstance(sub, str) or (inner is not None and not isinstance(inner, str)):
+        raise CheckpointImportError(f"{where}: spec paths must be strings")
+    if inner is not None:  # older specs: kvstore is the directory, path the array
+        if os.path.isabs(inner):
+            raise CheckpointImportError(f"{where}: path {inner!r} is absolute; a T5X spec's path is relative")
+        sub = os.path.join(sub, inner)
+    if not sub:
+        raise CheckpointImportError(f"{where}: spec has no path")
+    try:
+        confined = io_files.resolve_inside(ckpt_dir, sub, what=f"array '{name}'", error=CheckpointImportError)
+    except CheckpointImportError as error:
+        raise CheckpointImportError(f"T5X checkpoint {ckpt_dir}: {error.message}") from None
+    clean: Dict[str, Any] = {"driver": driver, "kvstore": {"driver": "file", "path": confined.rstrip(os.sep) + os.sep}}
+    if isinstance(spec.get("dtype"), str):
+        clean["dtype"] = spec["dtype"]
+    return clean
 
 
 def _read_tensorstore(spec: Mapping[str, Any], ckpt_dir: str, name: str) -> np.ndarray:
@@ -256,11 +294,24 @@ def _read_tensorstore(spec: Mapping[str, Any], ckpt_dir: str, name: str) -> np.n
         raise CheckpointImportError(
             f"T5X checkpoint {ckpt_dir}: array directory for '{name}' is missing: {full['kvstore']['path']}"
         )
+    _refuse_escaping_links(full["kvstore"]["path"], ckpt_dir, name)
     try:
         return np.asarray(ts.open(full, open=True, read=True).result().read().result())
     except Exception as exc:  # tensorstore raises ValueError with long text
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointImportError(f"T5X checkpoint {ckpt_dir}: cannot read array '{name}': {first}") from None
+
+
+def _refuse_escaping_links(array_dir: str, ckpt_dir: str, name: str) -> None:
+    """A symlink inside an array folder must not lead out of the checkpoint folder either."""
+    root = os.path.realpath(ckpt_dir)
+    for folder, dirs, files in os.walk(array_dir):
+        for entry in dirs + files:
+            full = os.path.join(folder, entry)
+            if os.path.islink(full) and os.path.commonpath([os.path.realpath(full), root]) != root:
+                raise CheckpointImportError(
+                    f"T5X checkpoint {ckpt_dir}: array '{name}' links {full} to {os.path.realpath(full)}, "
+                    "outside the checkpoint folder")
 
 
 def _spec_shape(spec: Mapping[str, Any]) -> Optional[Tuple[int, ...]]:
@@ -360,6 +411,12 @@ def _orbax_tree_metadata(state_dir: str) -> Mapping[str, Any]:
     tree = getattr(tree, "tree", tree)
     if not isinstance(tree, Mapping) or "target" not in tree:
         raise CheckpointImportError(f"T5X checkpoint {state_dir}: the orbax tree has no 'target' (params)")
+    # Orbax names each array's files after its tree path: a key holding a separator or
+    # "..", read from a crafted _METADATA, would point outside the checkpoint folder.
+    for name in flatten(tree):
+        for part in name.split("/"):
+            if part in ("", ".", "..") or "\\" in part or "\x00" in part or part.startswith("~"):
+                raise CheckpointImportError(f"T5X checkpoint {state_dir}: tree key {name!r} is not a plain name")
     return tree
 
 

@@ -68,6 +68,9 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from personalize_t5x.errors import PersonalizeError
+from personalize_t5x.io import files as io_files
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
@@ -89,7 +92,7 @@ _IGNORED_HF_KEYS = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_
 _TIED_EMBED_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 
-class HFCheckpointError(ValueError):
+class HFCheckpointError(PersonalizeError):
     """A Hugging Face checkpoint that cannot be imported or exported, and why."""
 
 
@@ -226,22 +229,40 @@ def _check_expected(config: Mapping[str, Any], expected: Any, *, where: str) -> 
 # --------------------------------------------------------------------------- tensors
 
 
+def _inside(model_dir: pathlib.Path, name: str, *, what: str) -> pathlib.Path:
+    """`model_dir/name`, confined to the model folder.
+
+    A Hugging Face hub cache snapshot (``.../snapshots/<revision>/``) holds symlinks into
+    the repository's ``blobs/`` folder; those are followed, nothing else outside is.
+    """
+    cache_blobs = [model_dir.parent.parent / "blobs"] if model_dir.parent.name == "snapshots" else []
+    return pathlib.Path(io_files.resolve_inside(model_dir, name, what=what, also_inside=cache_blobs,
+                                                error=HFCheckpointError))
+
+
 def _weight_files(model_dir: pathlib.Path) -> list[pathlib.Path]:
     single = model_dir / WEIGHTS_FILE
     index = model_dir / WEIGHTS_INDEX_FILE
     if single.is_file():
-        return [single]
+        return [_inside(model_dir, WEIGHTS_FILE, what=WEIGHTS_FILE)]
     if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
+        index_json = _read_json(_inside(model_dir, WEIGHTS_INDEX_FILE, what=WEIGHTS_INDEX_FILE))
+        weight_map = index_json.get("weight_map") if isinstance(index_json, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise HFCheckpointError(f"{index}: has no weight_map")
-        files = [model_dir / name for name in sorted(set(weight_map.values()))]
+        names = set()
+        for tensor, name in weight_map.items():
+            if not isinstance(name, str) or not name.endswith(".safetensors"):
+                raise HFCheckpointError(
+                    f"{index}: weight_map[{tensor!r}] = {name!r} is not a .safetensors file name in the model folder")
+            names.add(name)
+        files = [_inside(model_dir, name, what=f"{index.name} weight_map") for name in sorted(names)]
         for f in files:
             if not f.is_file():
                 raise HFCheckpointError(f"{f}: file not found (listed in {index.name})")
         return files
     if (model_dir / TORCH_WEIGHTS_FILE).is_file():
-        return [model_dir / TORCH_WEIGHTS_FILE]
+        return [_inside(model_dir, TORCH_WEIGHTS_FILE, what=TORCH_WEIGHTS_FILE)]
     others = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.h5"))
     hint = (
         f"; found {', '.join(others)}: convert it to safetensors with transformers "
@@ -290,13 +311,52 @@ class _TorchStorage:
         self.dtype = dtype
 
 
+def _as_index(value: Any, what: str) -> int:
+    """A non-negative Python int from a pickled size, stride or offset, or a refusal."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise HFCheckpointError(f"tensor {what} must be a non-negative integer, got {value!r}")
+    return value
+
+
 def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
-    if not size:
-        return storage[storage_offset].copy()
+    """A tensor as torch's ``_rebuild_tensor_v2`` would build it, checked against its storage.
+
+    Every element the view would touch must lie inside the storage: the highest index is
+    ``offset + sum((size_i - 1) * stride_i)``. Without this check a crafted shape or stride
+    reads past the archive buffer (heap bytes, or a segfault for a large overrun). A tensor
+    with more elements than its storage (only possible through zero or overlapping strides)
+    is refused too: a state dict never holds one, and its copy could need unbounded memory.
+    """
+    if not isinstance(storage, np.ndarray) or storage.ndim != 1:
+        raise HFCheckpointError(f"tensor storage is {type(storage).__name__}, not a torch storage")
+    if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)):
+        raise HFCheckpointError(f"tensor size and stride must be tuples, got {size!r} and {stride!r}")
+    if len(size) != len(stride):
+        raise HFCheckpointError(f"tensor size {tuple(size)!r} and stride {tuple(stride)!r} differ in length")
+    if len(size) > 64:
+        raise HFCheckpointError(f"tensor has {len(size)} dimensions (at most 64)")
+    offset = _as_index(storage_offset, "storage offset")
+    shape = tuple(_as_index(n, "size") for n in size)
+    strides = tuple(_as_index(n, "stride") for n in stride)
+    available = storage.shape[0]
+    numel = 1
+    for n in shape:
+        numel *= n
+    if numel == 0:
+        return np.zeros(shape, storage.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(shape, strides))
+    if last >= available:
+        raise HFCheckpointError(
+            f"tensor of shape {shape} with stride {strides} at offset {offset} needs storage element "
+            f"{last}, but its storage holds {available} ({storage.dtype})")
+    if numel > available:
+        raise HFCheckpointError(
+            f"tensor of shape {shape} has {numel} elements, more than its storage's {available}")
+    if not shape:
+        return np.array(storage[offset])  # a 0-d array, not a numpy scalar
     itemsize = storage.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
-        storage[storage_offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
-    )
+        storage[offset:], shape=shape, strides=tuple(s * itemsize for s in strides), writeable=False)
     return np.array(view)  # a contiguous copy, detached from the archive buffer
 
 
@@ -313,6 +373,7 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     import collections
     import pickle
     import zipfile
+    import zlib
 
     path = pathlib.Path(path)
     if not path.is_file():
@@ -326,39 +387,58 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     }
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-        if len(pickles) != 1:
-            raise HFCheckpointError(f"{path}: expected one data.pkl in the torch archive, found {len(pickles)}")
-        prefix = pickles[0][: -len("data.pkl")]
-        byteorder = archive.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in archive.namelist() else "little"
-        if byteorder != "little":
-            raise HFCheckpointError(f"{path}: big-endian torch archives are not supported")
-        storages: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if len(pickles) != 1:
+                raise HFCheckpointError(f"{path}: expected one data.pkl in the torch archive, found {len(pickles)}")
+            prefix = pickles[0][: -len("data.pkl")]
+            byteorder = archive.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in archive.namelist() else "little"
+            if byteorder != "little":
+                raise HFCheckpointError(f"{path}: big-endian torch archives are not supported")
+            storages: dict[str, np.ndarray] = {}
+            names = set(archive.namelist())
 
-        class Unpickler(pickle.Unpickler):
-            def find_class(self, module: str, name: str) -> Any:
-                if module == "torch" and name in _TORCH_STORAGE_DTYPES:
-                    return _TorchStorage(_TORCH_STORAGE_DTYPES[name])
-                if (module, name) in allowed:
-                    return allowed[(module, name)]
-                raise HFCheckpointError(f"{path}: refusing to unpickle {module}.{name} (not part of a state dict)")
+            class Unpickler(pickle.Unpickler):
+                def find_class(self, module: str, name: str) -> Any:
+                    if module == "torch" and name in _TORCH_STORAGE_DTYPES:
+                        return _TorchStorage(_TORCH_STORAGE_DTYPES[name])
+                    if (module, name) in allowed:
+                        return allowed[(module, name)]
+                    raise HFCheckpointError(f"{path}: refusing to unpickle {module}.{name} (not part of a state dict)")
 
-            def persistent_load(self, saved_id: Any) -> np.ndarray:
-                kind, storage_type, key, _location, _numel = saved_id
-                if kind != "storage" or not isinstance(storage_type, _TorchStorage):
-                    raise HFCheckpointError(f"{path}: unsupported storage record {saved_id!r}")
-                if key not in storages:
-                    storages[key] = np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype=storage_type.dtype)
-                return storages[key]
+                def persistent_load(self, saved_id: Any) -> np.ndarray:
+                    if not isinstance(saved_id, tuple) or len(saved_id) != 5:
+                        raise HFCheckpointError(f"{path}: unsupported storage record {saved_id!r:.200}")
+                    kind, storage_type, key, _location, numel = saved_id
+                    if kind != "storage" or not isinstance(storage_type, _TorchStorage) or not isinstance(key, str):
+                        raise HFCheckpointError(f"{path}: unsupported storage record {saved_id!r:.200}")
+                    if key not in storages:
+                        name = f"{prefix}data/{key}"
+                        if name not in names:
+                            raise HFCheckpointError(f"{path}: storage {key!r} is not in the archive")
+                        raw = archive.read(name)
+                        itemsize = storage_type.dtype.itemsize
+                        if len(raw) % itemsize:
+                            raise HFCheckpointError(
+                                f"{path}: storage {key!r} holds {len(raw)} bytes, not a whole number of "
+                                f"{storage_type.dtype} elements")
+                        if isinstance(numel, int) and not isinstance(numel, bool) and numel * itemsize > len(raw):
+                            raise HFCheckpointError(
+                                f"{path}: storage {key!r} declares {numel} elements but holds {len(raw) // itemsize}")
+                        storages[key] = np.frombuffer(raw, dtype=storage_type.dtype)
+                        if storage_type.dtype == np.bool_ and storages[key].view(np.uint8).max(initial=0) > 1:
+                            raise HFCheckpointError(f"{path}: bool storage {key!r} holds bytes other than 0 and 1")
+                    return storages[key]
 
-        try:
             with archive.open(pickles[0]) as handle:
                 state = Unpickler(handle).load()
-        except HFCheckpointError:
-            raise
-        except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as exc:
-            raise HFCheckpointError(f"{path}: cannot read torch state dict ({exc})") from None
+    except HFCheckpointError as exc:
+        message = str(exc)
+        raise HFCheckpointError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+    except (pickle.UnpicklingError, KeyError, IndexError, AttributeError, ValueError, TypeError, EOFError,
+            OverflowError, MemoryError, RecursionError, OSError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
+        raise HFCheckpointError(f"{path}: cannot read torch state dict ({type(exc).__name__}: {exc!s:.200})") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, np.ndarray) for v in state.values()):
         raise HFCheckpointError(f"{path}: does not hold a flat state dict of tensors")
     return {str(k): v for k, v in state.items()}
@@ -476,7 +556,7 @@ def import_hf_t5(
     model_dir = pathlib.Path(path)
     if not model_dir.is_dir():
         raise HFCheckpointError(f"{model_dir}: directory not found (expected a Hugging Face T5 model directory)")
-    config_path = model_dir / CONFIG_FILE
+    config_path = _inside(model_dir, CONFIG_FILE, what=CONFIG_FILE) if (model_dir / CONFIG_FILE).exists() else model_dir / CONFIG_FILE
     hf = _read_json(config_path)
     if not isinstance(hf, dict):
         raise HFCheckpointError(f"{config_path}: expected a JSON object")

@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
+import math
 import operator
 import os
 from typing import Any, Iterable, Iterator, Sequence
@@ -37,7 +38,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from personalize_t5x.io import files as io_lib
-from personalize_t5x.errors import StageReport
+from personalize_t5x.errors import OptionError, StageReport
 from personalize_t5x.pipeline.corpus.records import Document, join_title_and_text
 
 SPLITS = ("train", "validation", "test")
@@ -59,23 +60,37 @@ class ExampleConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("min_target_chars", "min_profile_docs", "context_chars"):
+        def refuse(name: str, reason: str) -> None:
+            # Named as the CLI option that sets it, so a command's one-line error points at it.
+            raise OptionError(f"--{name.replace('_', '-')}", f"ExampleConfig.{name} {reason}")
+
+        for name in ("min_target_chars", "min_profile_docs", "context_chars", "min_examples_per_user",
+                     "max_examples_per_user", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                refuse(name, f"must be an integer, got {value!r}")
+        for name in ("min_target_chars", "min_profile_docs", "context_chars", "seed"):
             if getattr(self, name) < 0:
-                raise ValueError(f"ExampleConfig.{name} must be >= 0, got {getattr(self, name)}")
+                refuse(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.seed >= 2 ** 63:
+            refuse("seed", f"must be below 2**63, got {self.seed}")
         if self.min_examples_per_user < 1:
-            raise ValueError(f"ExampleConfig.min_examples_per_user must be >= 1, got {self.min_examples_per_user}")
+            refuse("min_examples_per_user", f"must be >= 1, got {self.min_examples_per_user}")
         if self.max_examples_per_user < self.min_examples_per_user:
-            raise ValueError(
-                f"ExampleConfig.max_examples_per_user ({self.max_examples_per_user}) must be >= "
-                f"min_examples_per_user ({self.min_examples_per_user})")
+            refuse("max_examples_per_user", f"({self.max_examples_per_user}) must be >= "
+                   f"--min-examples-per-user ({self.min_examples_per_user})")
         if self.split_mode not in SPLIT_MODES:
-            raise ValueError(f"ExampleConfig.split_mode must be one of {SPLIT_MODES}, got {self.split_mode!r}")
-        fractions = tuple(float(f) for f in self.split_fractions)
-        if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-            raise ValueError(f"ExampleConfig.split_fractions must be 3 non-negative numbers summing to 1, got {self.split_fractions}")
+            refuse("split_mode", f"must be one of {SPLIT_MODES}, got {self.split_mode!r}")
+        try:
+            fractions = tuple(float(f) for f in self.split_fractions)
+        except (TypeError, ValueError):
+            refuse("split_fractions", f"must be 3 numbers, got {self.split_fractions!r}")
+        if (len(fractions) != 3 or not all(math.isfinite(f) and f >= 0 for f in fractions)
+                or abs(sum(fractions) - 1.0) > 1e-6):
+            refuse("split_fractions", f"must be 3 non-negative numbers summing to 1, got {self.split_fractions}")
         object.__setattr__(self, "split_fractions", fractions)
-        if self.author_pairs_per_example < 0:
-            raise ValueError(f"ExampleConfig.author_pairs_per_example must be >= 0, got {self.author_pairs_per_example}")
+        if not (math.isfinite(self.author_pairs_per_example) and 0 <= self.author_pairs_per_example <= 1000):
+            refuse("author_pairs_per_example", f"must be a number in [0, 1000], got {self.author_pairs_per_example}")
 
 
 def user_rng(seed: int, user_id: str, purpose: str) -> np.random.Generator:
@@ -383,6 +398,7 @@ def _build_examples(
             for example, split in zip(examples, split_user_examples_by_time(examples, fractions=config.split_fractions)):
                 example["split"] = split
                 by_split[split].append(example)
+    train_pools = _keep_evaluation_targets_out_of_training(by_split, deduped, config=config, report=report)
     author_pairs: dict[str, list[dict[str, Any]]] = {}
     for split in SPLITS:
         if config.split_mode == "time" and split != "train":
@@ -391,12 +407,73 @@ def _build_examples(
             author_pairs[split] = []
         else:
             author_pairs[split] = build_author_pairs(
-                by_split[split], deduped, seed=config.seed, pairs_per_example=config.author_pairs_per_example, split=split)
+                by_split[split], train_pools if split == "train" else deduped, seed=config.seed,
+                pairs_per_example=config.author_pairs_per_example, split=split)
     kept_documents = [d for user in sorted(deduped) for d in deduped[user]]
     report.kept = sum(len(v) for v in by_split.values())
     stats = dataset_stats(by_split, author_pairs, n_input_documents=n_input_documents,
                           n_kept_documents=len(kept_documents), report=report, config=config)
     return ExamplesResult(by_split, author_pairs, kept_documents, report, stats)
+
+
+def _keep_evaluation_targets_out_of_training(
+    by_split: dict[str, list[dict[str, Any]]], deduped: dict[str, list[Document]], *,
+    config: ExampleConfig, report: StageReport,
+) -> dict[str, list[Document]]:
+    """Enforces docs/contracts.md's no-leak rule on the training side; returns the pools
+    the training author pairs may draw from.
+
+    No evaluation (validation or test) target may appear in anything trained on: a
+    training target, a training profile, or a training author pair. By user, evaluation
+    users are disjoint from training users, so only text shared across users (cross-posts)
+    can leak. By time, a user's evaluation targets are their latest examples: the training
+    side of that user ends at their first evaluation target, so none of their documents
+    from there on (targets or not) is drawn into a training pair. Removed training
+    examples and profile entries are counted in the report.
+    """
+    evaluation_texts = {e["target"] for split in SPLITS if split != "train" for e in by_split[split]}
+    first_evaluation_doc: dict[str, str] = {}
+    if config.split_mode == "time":
+        for split in SPLITS:
+            if split != "train":
+                for e in by_split[split]:
+                    first = first_evaluation_doc.get(e["user_id"])
+                    if first is None or (e["timestamp"], e["doc_id"]) < first:
+                        first_evaluation_doc[e["user_id"]] = (e["timestamp"], e["doc_id"])
+    pools: dict[str, list[Document]] = {}
+    # Documents of a training user whose text is some evaluation target (a cross-post, or
+    # a repeat the within-user dedup could not see): never trained on.
+    leaked: dict[str, set[str]] = {}
+    train_users = {e["user_id"] for e in by_split["train"]}
+    for user in sorted(train_users):
+        end = first_evaluation_doc.get(user)
+        pool = []
+        for document in deduped[user]:
+            if end is not None and (document.timestamp, document.doc_id) >= end:
+                break  # from the first evaluation target on, this user's writing is evaluation's
+            if join_title_and_text(document.title, document.text) in evaluation_texts:
+                leaked.setdefault(user, set()).add(document.doc_id)
+            else:
+                pool.append(document)
+        pools[user] = pool
+    if not leaked:
+        return pools
+    kept = []
+    for example in by_split["train"]:
+        excluded = leaked.get(example["user_id"])
+        if excluded:
+            if example["doc_id"] in excluded:
+                report.drop("train_target_is_an_evaluation_target")
+                continue
+            # A profile lists only documents earlier than its target, which comes before the
+            # user's first evaluation target: only the text-shared ones can be in it.
+            profile = [doc_id for doc_id in example["profile"] if doc_id not in excluded]
+            if len(profile) != len(example["profile"]):
+                report.drop("train_profile_document_is_an_evaluation_target", len(example["profile"]) - len(profile))
+                example["profile"] = profile
+        kept.append(example)
+    by_split["train"][:] = kept
+    return pools
 
 
 def dataset_stats(
@@ -454,11 +531,75 @@ DOCUMENTS_FILE = "documents.jsonl.gz"
 STATS_FILE = "stats.json"
 
 
+OUTPUT_FILES = (DOCUMENTS_FILE, *EXAMPLE_FILES, *PAIR_FILES)
+
+
+def remove_finished_marker(output_dir: str | os.PathLike) -> None:
+    """Un-finishes a folder before anything in it is replaced: a build killed half-way
+    through an overwrite then leaves no stats.json vouching for a mix of old and new files."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(os.fspath(output_dir), STATS_FILE))
+
+
+def remove_stale_temporaries(output_dir: str | os.PathLike) -> int:
+    """Deletes `.tmp-*` files a killed build left (io.files.atomic_output's temporaries)."""
+    output_dir = os.fspath(output_dir)
+    removed = 0
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            if name.startswith(".tmp-"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(output_dir, name))
+                    removed += 1
+    return removed
+
+
+def _file_fingerprint(path: str) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+            size += len(block)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def finished_problem(output_dir: str | os.PathLike) -> str | None:
+    """None when the folder is a finished build; otherwise why it is not.
+
+    Finished means: stats.json parses and lists every output file with the size and
+    sha256 it has now. A folder whose build was killed, or whose files were replaced
+    after stats.json was written, is not finished.
+    """
+    output_dir = os.fspath(output_dir)
+    stats_path = os.path.join(output_dir, STATS_FILE)
+    if not os.path.exists(stats_path):
+        return "no stats.json"
+    try:
+        with open(stats_path, "rb") as f:
+            stats = io_lib.loads_record(f.read())
+    except (OSError, ValueError) as error:
+        return f"stats.json is unreadable ({error})"
+    files = stats.get("files") if isinstance(stats, dict) else None
+    if not isinstance(files, dict) or set(files) != set(OUTPUT_FILES):
+        return "stats.json does not fingerprint the output files"
+    for name in OUTPUT_FILES:
+        path = os.path.join(output_dir, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        if _file_fingerprint(path) != files[name]:
+            return f"{name} differs from the file stats.json vouches for"
+    return None
+
+
 def write_examples(result: ExamplesResult, output_dir: str | os.PathLike) -> None:
-    """Writes the stage's folder (see docs/contracts.md). stats.json is written last, so
-    its presence marks a finished output; every file is written atomically."""
+    """Writes the stage's folder (see docs/contracts.md). stats.json is removed first and
+    written last, with the size and sha256 of every other file, so its presence marks a
+    finished output; every file is written atomically."""
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
+    remove_finished_marker(output_dir)
+    remove_stale_temporaries(output_dir)
     jobs: dict[str, Iterable[Any]] = {DOCUMENTS_FILE: result.documents}
     for split in SPLITS:
         jobs[f"{split}.jsonl.gz"] = result.examples[split]
@@ -470,14 +611,21 @@ def write_examples(result: ExamplesResult, output_dir: str | os.PathLike) -> Non
                    for name, records in jobs.items()]
         for future in futures:
             future.result()
-    io_lib.write_json(os.path.join(output_dir, STATS_FILE), result.stats)
+    write_finished_marker(output_dir, result.stats)
+
+
+def write_finished_marker(output_dir: str | os.PathLike, stats: dict[str, Any]) -> None:
+    """Writes stats.json with the fingerprint of every output file now in the folder: the
+    last step of a build (also for folders assembled by other means, e.g. tests)."""
+    output_dir = os.fspath(output_dir)
+    stats["files"] = {name: _file_fingerprint(os.path.join(output_dir, name)) for name in OUTPUT_FILES}
+    io_lib.write_json(os.path.join(output_dir, STATS_FILE), stats)
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Reads a JSONL(.gz) file this project wrote (trusted: no per-field validation)."""
-    for _, line in io_lib.iter_binary_lines(path):
-        if line.strip():
-            yield io_lib.loads_record(line)
+    for _, record in io_lib.iter_json_lines(path):
+        yield record
 
 
 def read_examples(examples_dir: str | os.PathLike, split: str) -> Iterator[dict[str, Any]]:

@@ -53,6 +53,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import personalize_t5x
 from personalize_t5x.pipeline import cpu_pinning
 from personalize_t5x import feature_names
+from personalize_t5x.io import files as io_lib
 from personalize_t5x.io import tfrecords
 from personalize_t5x.errors import InputError, StageReport
 from personalize_t5x.pipeline.corpus.records import Document, document_from_json
@@ -211,21 +212,13 @@ def _counter(name: str) -> Any:
 def _read_numbered_lines(path: str) -> Iterator[tuple[int, bytes]]:
     """(1-based line number, line bytes) of a (gzip) file on any Beam filesystem."""
     with FileSystems.open(path) as f:  # compression inferred from the extension
-        number = 0
-        while raw := f.readline():
-            number += 1
-            line = raw.rstrip(b"\r\n")
+        for number, line in io_lib.iter_binary_lines(path, stream=f):
             if line.strip():
                 yield number, line
 
 
 def _decode_json_line(path: str, number: int, line: bytes) -> Any:
-    try:
-        return json.loads(line.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise InputError(path, number, "<line>", f"invalid UTF-8 at byte {e.start}") from None
-    except json.JSONDecodeError as e:
-        raise InputError(path, number, "<line>", f"malformed JSON ({e.msg} at column {e.colno})") from None
+    return io_lib.decode_json_line(line, path=path, line=number)
 
 
 def _is_mostly_non_latin(text: str) -> bool:
@@ -870,11 +863,7 @@ def read_report(output_dir: str) -> dict[str, Any]:
 
 def read_generation_examples(features_dir: str, split: str) -> Iterator[dict[str, str]]:
     """Decodes the split's tf.Examples back into {feature name: str}, shard by shard."""
-    import tensorflow as tf
-
-    files = sorted(tf.io.gfile.glob(feature_names.generation_file_pattern(features_dir, split)))
-    spec = {name: tf.io.FixedLenFeature([], tf.string) for name in feature_names.GENERATION_TEXT_FEATURES}
-    for path in files:
-        for record in tf.data.TFRecordDataset(path):
-            parsed = tf.io.parse_single_example(record, spec)
-            yield {k: v.numpy().decode("utf-8") for k, v in parsed.items()}
+    pattern = feature_names.generation_file_pattern(features_dir, split)
+    for path in sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list):
+        for _, features in tfrecords.read_bytes_examples(path):
+            yield {name: features[name].decode("utf-8") for name in feature_names.GENERATION_TEXT_FEATURES}

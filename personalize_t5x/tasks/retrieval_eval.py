@@ -70,23 +70,25 @@ def computed_strategies(features_dir: str) -> tuple[str, ...]:
 
 def iter_split_records(features_dir: str, split: str, strategies: Sequence[str]) -> Iterator[dict[str, str]]:
     """Yields {example_id, target, ranked_<s>...} of one split, shard by shard, in order."""
-    import tensorflow as tf
+    from apache_beam.io.filesystems import FileSystems
 
     from personalize_t5x.errors import InputError
+    from personalize_t5x.io import tfrecords
 
     pattern = feature_names.generation_file_pattern(features_dir, split)
-    files = sorted(tf.io.gfile.glob(pattern))
+    files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
     if not files:
         raise InputError(pattern, 0, "<file>", "no shards match; run `personalize-t5x features` first")
     names = [feature_names.EXAMPLE_ID, feature_names.TARGET, *(feature_names.ranked_text_feature(s) for s in strategies)]
-    spec = {name: tf.io.FixedLenFeature([], tf.string) for name in names}
     for path in files:
-        for number, record in enumerate(tf.data.TFRecordDataset(path), start=1):
+        for number, features in tfrecords.read_bytes_examples(path):
+            missing = [name for name in names if name not in features]
+            if missing:
+                raise InputError(path, number, missing[0], "not a features record: feature missing")
             try:
-                parsed = tf.io.parse_single_example(record, spec)
-            except tf.errors.InvalidArgumentError as error:
-                raise InputError(path, number, "<record>", f"not a features record: {error.message.splitlines()[0]}") from None
-            yield {k: v.numpy().decode("utf-8") for k, v in parsed.items()}
+                yield {name: features[name].decode("utf-8") for name in names}
+            except UnicodeDecodeError as error:
+                raise InputError(path, number, "<record>", f"invalid UTF-8 in a feature at byte {error.start}") from None
 
 
 def score_records(records: Iterable[dict[str, str]], strategies: Sequence[str], *, use_stemmer: bool = True,

@@ -23,13 +23,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from personalize_t5x.errors import PersonalizeError
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint"
 _STEP_DIR = re.compile(rf"^{CHECKPOINT_PREFIX}_(\d+)$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PersonalizeError):
     """A checkpoint that cannot be used as asked (missing, wrong shapes, unreadable)."""
 
 

@@ -14,10 +14,12 @@ from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 
+from personalize_t5x.errors import PersonalizeError
+
 logger = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+class ConfigError(PersonalizeError):
     """A run that cannot start as configured (unknown task, bad lengths, bad gin)."""
 
 

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from personalize_t5x.errors import InputError
 from personalize_t5x.io import files as io_lib
 
 
@@ -38,8 +39,9 @@ def test_truncated_gzip_raises_instead_of_ending_early(tmp_path):
     whole = gzip.compress(b"".join(b"line %d\n" % i for i in range(10_000)))
     path = tmp_path / "cut.jsonl.gz"
     path.write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(EOFError, match="cut.jsonl.gz"):
+    with pytest.raises(InputError, match=r"cut.jsonl.gz:\d+: field '<file>': truncated compressed stream") as info:
         _lines(path)
+    assert 0 < info.value.line <= 10_000
 
 
 def test_corrupt_gzip_raises(tmp_path):
@@ -47,7 +49,10 @@ def test_corrupt_gzip_raises(tmp_path):
     whole[len(whole) // 2] ^= 0xFF
     path = tmp_path / "bad.jsonl.gz"
     path.write_bytes(bytes(whole))
-    with pytest.raises(Exception):
+    with pytest.raises(InputError, match=r"bad.jsonl.gz:\d+: field '<file>': corrupt or not gzip"):
+        _lines(path)
+    path.write_bytes(b"plain text, not gzip\n")
+    with pytest.raises(InputError, match=r"bad.jsonl.gz:1: field '<file>': corrupt or not gzip"):
         _lines(path)
 
 

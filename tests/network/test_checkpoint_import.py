@@ -191,3 +191,78 @@ def test_expected_param_shapes_of_a_config():
     assert shapes["decoder/logits_dense/kernel"] == (32, 128)
     assert shapes["encoder/relpos_bias/rel_embedding"] == (4, 32)
     assert len(shapes) == 52
+
+
+def _rewrite_spec(ckpt_dir, param, spec):
+    """Replaces one array's TensorStore spec in a legacy checkpoint's msgpack."""
+    from flax import serialization
+
+    path = os.path.join(ckpt_dir, "checkpoint")
+    with open(path, "rb") as f:
+        tree = serialization.msgpack_restore(f.read())
+    node = tree["optimizer"]["target"]
+    *parents, leaf = param.split("/")
+    for name in parents:
+        node = node[name]
+    node[leaf] = spec
+    with open(path, "wb") as f:
+        f.write(serialization.msgpack_serialize(tree))
+
+
+def test_legacy_specs_are_confined_to_the_checkpoint_folder(tmp_path):
+    """Issue 11 item 5: a crafted spec must not read files outside the checkpoint."""
+    import shutil
+
+    import tensorstore as ts
+
+    outside = tmp_path / "outside"
+    secret = np.arange(12, dtype=np.float32).reshape(4, 3)
+    ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": str(outside / "arr")},
+             "metadata": {"shape": [4, 3], "chunks": [4, 3], "dtype": "<f4"}},
+            create=True, open=True).result().write(secret).result()
+    (tmp_path / "secret.json").write_text('{"a": [1, 2]}')
+    name = "token_embedder/embedding"
+    good = {"driver": "zarr", "dtype": "float32", "kvstore": {"driver": "file", "path": "target.token_embedder.embedding/"}}
+    cases = [
+        ({**good, "kvstore": {"driver": "file", "path": str(outside / "arr")}}, "absolute path refused"),
+        ({**good, "kvstore": {"driver": "file", "path": "../../outside/arr"}}, "climbs out"),
+        ({**good, "kvstore": {"driver": "file", "path": ""}, "path": str(outside / "arr")}, "is absolute"),
+        ({"driver": "json", "kvstore": {"driver": "file", "path": str(tmp_path / "secret.json")}}, "driver 'json'"),
+        ({"driver": "cast", "kvstore": {"driver": "file", "path": "x"}, "base": good}, "driver 'cast'"),
+        ({**good, "kvstore": {"driver": "memory", "path": "x"}}, "stored on 'memory'"),
+        ({**good, "transform": {"input_shape": [4, 3]}}, "unexpected spec field 'transform'"),
+        ({**good, "kvstore": {"driver": "file", "path": "x", "file_io_sync": False}}, "unexpected kvstore field"),
+        ({**good, "kvstore": {"driver": "file", "path": "link/"}}, "outside the checkpoint folder"),
+    ]
+    for spec, message in cases:
+        ckpt = tmp_path / "m" / "checkpoint_1"
+        shutil.rmtree(tmp_path / "m", ignore_errors=True)
+        _write_legacy(str(ckpt))
+        os.symlink(outside / "arr", ckpt / "link")
+        _rewrite_spec(str(ckpt), name, spec)
+        with pytest.raises(ci.CheckpointImportError, match=message):
+            ci.load_t5x_params(str(ckpt))
+    # A symlinked chunk inside a genuine array folder is refused too.
+    shutil.rmtree(tmp_path / "m")
+    _write_legacy(str(ckpt))
+    array_dir = ckpt / "target.token_embedder.embedding"
+    chunk = next(p for p in array_dir.iterdir() if not p.name.startswith("."))
+    chunk.unlink()
+    os.symlink(next(p for p in (outside / "arr").iterdir() if not p.name.startswith(".")), chunk)
+    with pytest.raises(ci.CheckpointImportError, match="outside the checkpoint folder"):
+        ci.load_t5x_params(str(ckpt))
+    # The genuine spec still reads.
+    shutil.rmtree(tmp_path / "m")
+    _write_legacy(str(ckpt))
+    np.testing.assert_array_equal(ci.load_t5x_params(str(ckpt))["token_embedder"]["embedding"],
+                                  PARAMS["token_embedder"]["embedding"])
+
+
+def test_orbax_tree_keys_that_are_not_plain_names_are_refused(tmp_path):
+    """Orbax names array files after tree keys; a '..' key must not reach a path."""
+    import orbax.checkpoint as ocp
+
+    state = str(tmp_path / "c" / "state")
+    ocp.PyTreeCheckpointer().save(state, {"target": {"..": np.ones(3, np.float32), "ok": np.ones(2, np.float32)}})
+    with pytest.raises(ci.CheckpointImportError, match=r"tree key 'target/\.\.' is not a plain name"):
+        ci.load_t5x_params(str(tmp_path / "c"))

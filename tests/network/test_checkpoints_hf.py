@@ -376,3 +376,46 @@ def test_is_hf_t5_dir_tells_hf_folders_from_others(tmp_path):
     assert not is_hf_t5_dir(FIXTURE)
     (tmp_path / "config.json").write_text("{}")
     assert not is_hf_t5_dir(tmp_path)  # a config without weights is not a checkpoint
+
+
+def test_weight_map_and_weight_files_are_confined_to_the_model_folder(tmp_path):
+    """Issue 11 item 5: an index naming /etc/hostname, ../x or a symlink out is refused."""
+    import os
+
+    model_dir = _copy_variant(tmp_path, "t5_1_1")
+    outside = tmp_path / "outside.safetensors"
+    shutil.move(model_dir / "model.safetensors", outside)
+    index = model_dir / "model.safetensors.index.json"
+    for target, message in [("/etc/hostname", "is not a .safetensors file name"),
+                            (str(outside), "absolute path refused"),
+                            ("../outside.safetensors", "climbs out"),
+                            ("sub/../../outside.safetensors", "climbs out"),
+                            (7, "is not a .safetensors file name")]:
+        index.write_text(json.dumps({"weight_map": {"shared.weight": target}}))
+        with pytest.raises(HFCheckpointError, match=message):
+            import_hf_t5(model_dir)
+    os.symlink(outside, model_dir / "shard.safetensors")
+    index.write_text(json.dumps({"weight_map": {"shared.weight": "shard.safetensors"}}))
+    with pytest.raises(HFCheckpointError, match="outside the checkpoint folder"):
+        import_hf_t5(model_dir)
+    index.unlink()
+    os.symlink(outside, model_dir / "model.safetensors")
+    with pytest.raises(HFCheckpointError, match="outside the checkpoint folder"):
+        import_hf_t5(model_dir)
+
+
+def test_hub_cache_snapshot_reads_through_its_blob_links(tmp_path, imported):
+    """A HF cache snapshot links its files into ../../blobs: that one way out is allowed."""
+    import os
+
+    repo = tmp_path / "models--x--tiny"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(FIXTURE / "t5_1_1" / name, repo / "blobs" / f"blob-{name}")
+        os.symlink(os.path.join("..", "..", "blobs", f"blob-{name}"), snapshot / name)
+    config, params = import_hf_t5(snapshot)
+    assert config == imported["t5_1_1"][0]
+    np.testing.assert_array_equal(params["token_embedder"]["embedding"],
+                                  imported["t5_1_1"][1]["token_embedder"]["embedding"])

@@ -108,6 +108,9 @@ def write_examples_dir(root: pathlib.Path, *, extra_documents=(), extra_examples
         pairs = [{"text_a": e["target"], "text_b": f"other text {k}", "label": "true" if k % 2 else "false", "user_id": e["user_id"]}
                  for k, e in enumerate(examples[split])]
         _write_jsonl(root / f"author_pairs_{split}.jsonl.gz", pairs)
+    from personalize_t5x.pipeline import examples as examples_lib
+
+    examples_lib.write_finished_marker(root, {})  # the features command reads only finished folders
     return {"documents": documents, "examples": examples}
 
 

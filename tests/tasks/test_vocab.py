@@ -101,7 +101,7 @@ def test_long_lines_are_cut_at_spaces():
 
 def test_missing_or_bad_input_is_one_line_error(tmp_path, capsys):
     assert cli.main(["vocab", "--examples-dir", str(tmp_path), "--output", str(tmp_path / "m.model")]) == 2
-    assert "train.jsonl.gz: field '': file not found" in capsys.readouterr().err
+    assert "train.jsonl.gz: field '<file>': no such file" in capsys.readouterr().err
     with gzip.open(tmp_path / "train.jsonl.gz", "wt") as f:
         f.write('{"target": "ok", "immediate_context": "ok"}\n{"target": 3}\n')
     assert cli.main(["vocab", "--examples-dir", str(tmp_path), "--output", str(tmp_path / "m.model")]) == 2

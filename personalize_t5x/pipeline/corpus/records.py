@@ -12,7 +12,7 @@ public formats into it.
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import os
 from typing import Any, Iterable, Iterator
 
@@ -95,9 +95,11 @@ def _document_from_json_checked(obj: Any, *, path: str, line: int) -> Document:
     timestamp = obj.get("timestamp")
     if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
         raise InputError(path, line, "timestamp", "missing or not an integer number of seconds since the epoch" if timestamp is None else f"expected an integer (seconds since the epoch): got {type(timestamp).__name__} {timestamp!r}")
-    if isinstance(timestamp, float) and not timestamp.is_integer():
-        raise InputError(path, line, "timestamp", f"expected whole seconds: got {timestamp!r}")
-    timestamp = int(timestamp)
+    if isinstance(timestamp, float):
+        if not math.isfinite(timestamp):
+            raise InputError(path, line, "timestamp", f"not a finite number: {timestamp!r}")
+        # The one rule for fractions of a second, in every reader: floor.
+        timestamp = math.floor(timestamp)
     if timestamp < 0:
         raise InputError(path, line, "timestamp", f"negative timestamp: {timestamp}")
     if timestamp >= MAX_PLAUSIBLE_SECONDS:
@@ -130,22 +132,8 @@ def read_documents(path: str | os.PathLike, *, report: StageReport | None = None
     if not os.path.exists(path_str):
         raise InputError(path_str, 0, "<file>", "no such file")
     seen_ids: set[str] = set()
-    for number, raw in io_lib.iter_binary_lines(path_str):
-        if not raw or raw.isspace():
-            continue
+    for number, obj in io_lib.iter_json_lines(path_str, report=report):
         try:
-            try:
-                obj = io_lib.loads_record(raw)
-            except ValueError:
-                # orjson says only that it failed; the standard library says where and why.
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise InputError(path_str, number, "<line>", f"invalid UTF-8: at byte {e.start}") from None
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(path_str, number, "<line>", f"malformed JSON: {e.msg} at column {e.colno}") from None
             document = document_from_json(obj, path=path_str, line=number)
             if document.doc_id in seen_ids:
                 raise InputError(path_str, number, "doc_id", f"duplicate doc id: {document.doc_id!r}")

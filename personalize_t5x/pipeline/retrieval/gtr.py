@@ -59,6 +59,8 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import SafetensorError
 
+from personalize_t5x.errors import PersonalizeError
+
 from personalize_t5x.network.hf_checkpoints import HFCheckpointError, import_hf_t5, read_torch_state_dict
 from personalize_t5x.network import layers
 from personalize_t5x.network import t5 as t5_lib
@@ -71,7 +73,7 @@ DEFAULT_MAX_LENGTH = 512
 LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
-class GTRError(ValueError):
+class GTRError(PersonalizeError):
     """A GTR model or checkpoint that cannot be built or loaded, and why."""
 
 

@@ -5,6 +5,7 @@ import calendar
 import codecs
 import datetime as dt
 import hashlib
+import math
 import json
 import os
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator
@@ -32,36 +33,14 @@ def short_hash(*parts: str, length: int = 16) -> str:
 
 
 def iter_json_lines(path: str, report: StageReport) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yields (1-based line number, decoded JSON object) for each non-blank line.
-
-    Invalid UTF-8, malformed JSON and non-object lines go through `report.bad_record`
-    (raised, or counted with skip_bad) as located errors.
-    """
-    for number, raw in io_lib.iter_binary_lines(path):
-        if not raw.strip():
-            continue
-        try:
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(path, number, "<line>", f"invalid UTF-8: byte {e.start} of the line") from None
-            if number == 1 and line.startswith("\ufeff"):
-                line = line[1:]
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(path, number, "<line>", f"malformed JSON: {e.msg} at column {e.colno}") from None
-            if not isinstance(obj, dict):
-                raise InputError(path, number, "<record>", f"expected a JSON object, got {type(obj).__name__}")
-        except InputError as error:
-            report.bad_record(error)
-            continue
-        yield number, obj
+    """(1-based line number, decoded JSON object) per non-blank line: io.files' reader,
+    bad lines through `report.bad_record` (raised, or counted with skip_bad)."""
+    return io_lib.iter_json_lines(path, report=report)
 
 
 def first_nonspace_char(path: str) -> str:
     """The first character of the file that is not whitespace or a BOM ('' if none)."""
-    with open_binary(path) as f:
+    with open_binary(path, report=StageReport(skip_bad=True)) as f:  # a fault: reported by the real read
         while True:
             chunk = f.read(4096)
             if not chunk:
@@ -83,7 +62,7 @@ def iter_json_array(path: str, report: StageReport) -> Iterator[tuple[int, int, 
     `report.bad_record` and, when skipped, the rest of that file is not read (there is
     no reliable way to find the next element).
     """
-    with open_binary(path) as f:
+    with open_binary(path, report=report) as f:
         yield from _JsonArrayScanner(path, f, report).elements()
 
 
@@ -190,6 +169,16 @@ class _JsonArrayScanner:
                     line = self.line + self.buf.count("\n", self.pos, e.pos)
                     self._fail("<record>", f"malformed JSON: array element {index}: {e.msg}", line)
                     return
+                except RecursionError:
+                    self._fail("<record>", f"malformed JSON: array element {index}: nested too deeply")
+                    return
+            # The element's text through the one JSONL decoder, so an array holds to the same
+            # rules as a line (no lone surrogates, NaN, over-64-bit integers, 1024+ levels).
+            try:
+                value = io_lib.decode_json_line(self.buf[self.pos:end].encode("utf-8"), path=self.path, line=0)
+            except InputError as error:
+                self._fail("<record>", f"array element {index}: {error.reason}")
+                return
             start_line = self.line
             self.line += self.buf.count("\n", self.pos, end)
             self.pos = end
@@ -207,8 +196,12 @@ def parse_iso_utc(value: str) -> int:
         value = value[:-1] + "+00:00"
     parsed = dt.datetime.fromisoformat(value)
     if parsed.tzinfo is None:
-        return calendar.timegm(parsed.timetuple())
-    return calendar.timegm(parsed.utctimetuple())
+        seconds = calendar.timegm(parsed.timetuple())
+    else:
+        seconds = calendar.timegm(parsed.utctimetuple())
+    if seconds >= MAX_PLAUSIBLE_SECONDS:
+        raise ValueError(f"implausibly late date: {value!r} (after 5138; the Document format would refuse it)")
+    return seconds
 
 
 def parse_epoch_seconds(value: Any) -> int:
@@ -231,7 +224,7 @@ def parse_epoch_seconds(value: Any) -> int:
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"not seconds since the epoch: {value!r}")
-        value = int(value)
+        value = math.floor(value)  # the one rule for fractions of a second: floor
     if not isinstance(value, int):
         raise ValueError(f"not seconds since the epoch: {type(value).__name__} {value!r}")
     if value < 0:
@@ -270,6 +263,26 @@ class SeenIds:
             return False
         self._seen.add(doc_id)
         return True
+
+
+def document(path: str, line: int, user_id: str, doc_id: str, timestamp: int, title: str, text: str, *,
+             timestamp_field: str = "timestamp") -> "Document":
+    """A Document built by a reader, checked by the canonical record's own validation
+    (records.document_from_json) before it can be written: a value the next stage would
+    refuse (a date after 5138, an empty id, ...) is a located error here instead. The
+    error names the input's own field (`timestamp_field`) where the timestamp is wrong."""
+    from personalize_t5x.pipeline.corpus.records import document_from_json
+
+    if type(timestamp) is int and timestamp >= MAX_PLAUSIBLE_SECONDS and timestamp_field != "timestamp":
+        raise InputError(path, line, timestamp_field,
+                         f"implausibly late: {timestamp} s since the epoch is after the year 5138")
+    try:
+        return document_from_json({"user_id": user_id, "doc_id": doc_id, "timestamp": timestamp, "title": title,
+                                   "text": text}, path=path, line=line)
+    except InputError as error:
+        if error.field == "timestamp" and timestamp_field != "timestamp":
+            raise InputError(path, line, timestamp_field, error.reason) from None
+        raise
 
 
 def require_files(paths: list[str]) -> None:

@@ -88,7 +88,8 @@ def _convert_2014(obj: dict[str, Any], path: str, line: int, report: StageReport
         report.drop("empty_text")
         return None
     title = cleaning.normalize_inline(cleaning.unescape_and_normalize(_text_field(obj, "summary", path, line)))
-    return Document(user, f"{user}:{asin}:{timestamp}", timestamp, title, text)
+    return _common.document(path, line, user, f"{user}:{asin}:{timestamp}", timestamp, title, text,
+                            timestamp_field="unixReviewTime" if obj.get("unixReviewTime") is not None else "reviewTime")
 
 
 def _convert_2023(obj: dict[str, Any], path: str, line: int, report: StageReport) -> Document | None:
@@ -112,4 +113,4 @@ def _convert_2023(obj: dict[str, Any], path: str, line: int, report: StageReport
         report.drop("empty_text")
         return None
     title = cleaning.normalize_inline(cleaning.unescape_and_normalize(_text_field(obj, "title", path, line)))
-    return Document(user, f"{user}:{asin.strip()}:{millis}", timestamp, title, text)
+    return _common.document(path, line, user, f"{user}:{asin.strip()}:{millis}", timestamp, title, text)

@@ -56,10 +56,10 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
-import json
 import re
 from typing import Any, Iterator, Sequence
 
+from personalize_t5x.io import files as io_lib
 from personalize_t5x.pipeline.corpus import cleaning
 from personalize_t5x.errors import InputError, StageReport
 from personalize_t5x.pipeline.corpus.readers import _common
@@ -177,9 +177,9 @@ def _profile(obj: dict[str, Any], path: str, line: int, where: str) -> list[dict
         return []
     if isinstance(profile, str):  # some exports store the list as a JSON string
         try:
-            profile = json.loads(profile)
-        except json.JSONDecodeError:
-            raise InputError(path, line, "profile", f"not a list: a string that is not a JSON list{where}") from None
+            profile = io_lib.decode_json_line(profile.encode("utf-8", "surrogatepass"), path=path, line=0)
+        except InputError as error:
+            raise InputError(path, line, "profile", f"not a list: a string that is not a JSON list ({error.reason}){where}") from None
     if not isinstance(profile, list):
         raise InputError(path, line, "profile", f"not a list: {type(profile).__name__}{where}")
     for i, item in enumerate(profile):
@@ -231,9 +231,10 @@ def convert(obj: Any, path: str, line: int, where: str, report: StageReport, sta
         if timestamp is None:
             timestamp = clock
             clock += 1
+        document = _common.document(path, line, user, doc_id, timestamp, title, text, timestamp_field="date")
         latest = max(latest, timestamp)
         state.timestamps[doc_id] = timestamp
-        documents.append(Document(user, doc_id, timestamp, title, text))
+        documents.append(document)
 
     if target_text is None:
         report.drop("no_target")
@@ -251,7 +252,8 @@ def convert(obj: Any, path: str, line: int, where: str, report: StageReport, sta
             title = cleaning.normalize_inline(_first_text(obj, TITLE_FIELDS))
             if not title and isinstance(obj.get("input"), str):
                 title = title_from_input(obj["input"])
+            document = _common.document(path, line, user, doc_id, target_time, title, text, timestamp_field="date")
             state.timestamps[doc_id] = target_time
-            documents.append(Document(user, doc_id, target_time, title, text))
+            documents.append(document)
     state.clock[user] = clock
     return documents

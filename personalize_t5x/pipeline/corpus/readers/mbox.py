@@ -79,8 +79,10 @@ def iter_raw_messages(path: str, report: StageReport) -> Iterator[tuple[int, byt
     from_line = b""
     lines: list[bytes] = []
     complained = False
-    with _common.open_binary(path) as f:
+    with _common.open_binary(path, report=report) as f:
         for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 BOM: the first message still starts here
             if raw.startswith(b"From "):
                 if start:
                     yield start, from_line, _message_bytes(lines)
@@ -247,4 +249,5 @@ def convert(data: bytes, from_line: bytes, path: str, line: int, report: StageRe
     doc_id = message_id.strip().strip("<>").strip()
     if not doc_id or any(c.isspace() for c in doc_id):
         doc_id = "sha1:" + hashlib.sha1(data).hexdigest()[:20]
-    return Document(user, doc_id, timestamp, cleaning.normalize_inline(subject), text)
+    return _common.document(path, line, user, doc_id, timestamp, cleaning.normalize_inline(subject), text,
+                            timestamp_field="Date")

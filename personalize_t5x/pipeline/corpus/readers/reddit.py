@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 
 import html
-import json
 from typing import Any, Iterator, Sequence
 
 from personalize_t5x.io import files as io_lib
@@ -64,18 +63,21 @@ def collect_post_titles(paths: Sequence[str]) -> dict[str, str]:
     """
     titles: dict[str, str] = {}
     for path in paths:
-        for _, raw in io_lib.iter_binary_lines(path):
-            if b'"title"' not in raw:
-                continue
-            try:
-                obj = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                continue
-            if not isinstance(obj, dict) or not isinstance(obj.get("title"), str):
-                continue
-            post_id = _post_id(obj)
-            if post_id:
-                titles[post_id] = post_title(obj["title"])
+        try:
+            for number, raw in io_lib.iter_binary_lines(path):
+                if b'"title"' not in raw:
+                    continue
+                try:
+                    obj = io_lib.decode_json_line(raw, path=path, line=number)
+                except InputError:
+                    continue
+                if not isinstance(obj, dict) or not isinstance(obj.get("title"), str):
+                    continue
+                post_id = _post_id(obj)
+                if post_id:
+                    titles[post_id] = post_title(obj["title"])
+        except InputError:
+            continue  # an unreadable file: the second pass reports it
     return titles
 
 
@@ -148,4 +150,4 @@ def convert(obj: dict[str, Any], path: str, line: int, report: StageReport, titl
     if not text:
         report.drop("empty_text")
         return None
-    return Document(author.strip(), doc_id, timestamp, title, text)
+    return _common.document(path, line, author.strip(), doc_id, timestamp, title, text, timestamp_field="created_utc")

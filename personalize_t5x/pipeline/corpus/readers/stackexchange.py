@@ -170,19 +170,25 @@ def _read_file(path: str, report: StageReport, seen: _common.SeenIds) -> Iterato
         if not seen.is_new(doc_id, report):
             return
         user_id = f"{site}:{owner}"
+        try:
+            document = _common.document(path, line, user_id, doc_id, timestamp,
+                                        titles[post_id] if post_type == "1" else titles.get(parent) or "", text,
+                                        timestamp_field="CreationDate")
+        except InputError as error:
+            report.bad_record(error)
+            return
         if post_type == "1":
             report.kept += 1
-            yield Document(user_id, doc_id, timestamp, titles[post_id], text)
+            yield document
         else:
             title = titles.get(parent)
-            document = Document(user_id, doc_id, timestamp, title or "", text)
             if title is None:
                 waiting.setdefault(parent, []).append(document)
             else:
                 report.kept += 1
                 yield document
 
-    with _common.open_binary(path) as f:
+    with _common.open_binary(path, report=report) as f:
         while True:
             chunk = f.read(_CHUNK)
             error: InputError | None = None
