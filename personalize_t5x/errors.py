@@ -12,7 +12,15 @@ import dataclasses
 from typing import Any
 
 
-class InputError(ValueError):
+class PersonalizeError(ValueError):
+    """The base class of the project's own errors: what the CLI and the entry points catch.
+
+    Anything that is not a PersonalizeError is a bug and keeps its traceback. It stays a
+    ValueError so that callers written against the older classes keep working.
+    """
+
+
+class InputError(PersonalizeError):
     """A bad input record, located by file, line (1-based; 0 if not line-based) and field."""
 
     def __init__(self, path: str, line: int, field: str, reason: str):
