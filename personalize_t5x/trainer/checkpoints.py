@@ -89,6 +89,12 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
 
 
+def _shape(leaf: Any) -> Optional[tuple]:
+    if isinstance(leaf, _Shape):
+        return None if leaf.shape is None else tuple(leaf.shape)
+    return tuple(np.shape(leaf))
+
+
 def check_params_match(loaded: Any, expected: Any, *, source: str) -> None:
     """Raises CheckpointError naming the first missing/extra/misshapen parameter."""
     got, want = flatten(loaded), flatten(expected)
@@ -101,8 +107,8 @@ def check_params_match(loaded: Any, expected: Any, *, source: str) -> None:
         raise CheckpointError(f"checkpoint {source}: unexpected parameter {extra[0]!r} "
                               f"({len(extra)} unexpected in all); is it a checkpoint of this model?")
     for name in sorted(want):
-        a, b = tuple(np.shape(got[name])), tuple(np.shape(want[name]))
-        if a != b:
+        a, b = _shape(got[name]), _shape(want[name])
+        if a is not None and a != b:
             raise CheckpointError(f"checkpoint {source}: parameter {name!r} has shape {a}, the model expects {b}; "
                                   "the checkpoint was written for a different model config")
 
@@ -203,8 +209,9 @@ def _key(entry: Any) -> str:
 
 
 def _like(value: Any, template: Any) -> Any:
+    """A copy of the step for an optimizer count: one buffer each (the train step donates them)."""
     dtype = getattr(template, "dtype", None)
-    return value.astype(dtype) if dtype is not None and hasattr(value, "astype") else value
+    return jax.numpy.array(value, dtype=dtype, copy=True)
 
 
 # ---------------------------------------------------------------------------
@@ -356,15 +363,26 @@ def _inspect(step_dir: pathlib.Path) -> _ItemTree:
     item = _item_dir(step_dir)
     layout = "t5x" if item.name == STATE_ITEM else "legacy"
     metadata = _read_json(item / "_METADATA", source=step_dir)
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("tree_metadata"), dict):
+        raise CheckpointError(f"checkpoint {step_dir}: {item.name}/_METADATA has no tree")
+    # Global shapes come from the arrays' own metadata (_METADATA's write_shape is the
+    # shard written, not the array).
     try:
-        tree = metadata["tree_metadata"]
-        shapes = {}
-        for entry in tree.values():
-            name = "/".join(str(k["key"]) for k in entry["key_metadata"])
-            shapes[name] = tuple(entry["value_metadata"].get("write_shape") or ())
-    except (KeyError, TypeError, AttributeError) as error:
+        names = ["/".join(str(k["key"]) for k in entry["key_metadata"])
+                 for entry in metadata["tree_metadata"].values()]
+    except (KeyError, TypeError) as error:
         raise CheckpointError(f"checkpoint {step_dir}: {item.name}/_METADATA has no readable tree "
                               f"({_one_line(error)})") from None
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        tree = checkpointer.metadata(os.fspath(item.absolute()))
+        tree = getattr(getattr(tree, "item_metadata", tree), "tree", tree)
+        shapes = {name: (None if getattr(leaf, "shape", None) is None else tuple(leaf.shape))
+                  for name, leaf in flatten(tree).items()}
+    except Exception:  # a damaged array: the restore that follows names it
+        shapes = {name: None for name in names}
+    finally:
+        checkpointer.close()
     custom = metadata.get("custom_metadata") or {}
     checksums = custom.get(CHECKSUM_METADATA_KEY) if isinstance(custom, dict) else None
     return _ItemTree(layout=layout, item_dir=item, shapes=shapes, checksums=checksums)
@@ -380,21 +398,39 @@ def _sub(shapes: Mapping[str, tuple], prefix: str) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class _Shape:
-    shape: tuple
+    shape: Optional[tuple]
 
 
-def _restore_item(item_dir: pathlib.Path, target: Any, *, source: pathlib.Path) -> Any:
-    """orbax restore of `target` (ShapeDtypeStructs with shardings), failures in one line."""
+def _restore_item(item_dir: pathlib.Path, target: Any, *, source: pathlib.Path, partial: bool = False) -> Any:
+    """orbax restore of `target` (ShapeDtypeStructs with shardings), failures in one line.
+
+    When the whole restore fails, each array is read on its own to name the first bad one.
+    """
+    try:
+        return _orbax_restore(item_dir, target, partial=partial)
+    except Exception as error:  # tensorstore/orbax raise many types for damaged files
+        where = _locate(error, target) or _first_unreadable(item_dir, target)
+        raise CheckpointError(f"checkpoint {source}: {item_dir.name}/ cannot be read "
+                              f"({where}{_one_line(error)})") from None
+
+
+def _orbax_restore(item_dir: pathlib.Path, target: Any, *, partial: bool) -> Any:
     checkpointer = ocp.PyTreeCheckpointer()
     try:
         restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-        return checkpointer.restore(os.fspath(item_dir.absolute()),
-                                    args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
-    except Exception as error:  # tensorstore/orbax raise many types for damaged files
-        raise CheckpointError(f"checkpoint {source}: {item_dir.name}/ cannot be read "
-                              f"({_locate(error, target)}{_one_line(error)})") from None
+        return checkpointer.restore(os.fspath(item_dir.absolute()), args=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=partial))
     finally:
         checkpointer.close()
+
+
+def _first_unreadable(item_dir: pathlib.Path, target: Any) -> str:
+    for name, leaf in sorted(flatten(target).items()):
+        try:
+            _orbax_restore(item_dir, flax.traverse_util.unflatten_dict({name: leaf}, sep="/"), partial=True)
+        except Exception:
+            return f"array {name!r}: "
+    return ""
 
 
 def _locate(error: BaseException, target: Any) -> str:
@@ -437,7 +473,7 @@ def _restore_verified(step_dir: pathlib.Path, abstract_state: Any, shardings: An
             raise CheckpointError(f"checkpoint {step_dir}: array {missing[0]!r} is missing "
                                   f"({len(missing)} in all); was it written with another optimizer?")
         for name, a in flat_abstract.items():
-            if tuple(info.shapes[name]) != tuple(a.shape):
+            if info.shapes[name] is not None and tuple(info.shapes[name]) != tuple(a.shape):
                 raise CheckpointError(f"checkpoint {step_dir}: array {name!r} has shape {tuple(info.shapes[name])}, "
                                       f"the optimizer expects {tuple(a.shape)}")
         target = flax.traverse_util.unflatten_dict(
@@ -457,20 +493,19 @@ def _restore_verified(step_dir: pathlib.Path, abstract_state: Any, shardings: An
 
 
 def _restore_partial(item_dir: pathlib.Path, target: Any, *, source: pathlib.Path) -> Any:
-    checkpointer = ocp.PyTreeCheckpointer()
-    try:
-        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-        return checkpointer.restore(os.fspath(item_dir.absolute()), args=ocp.args.PyTreeRestore(
-            item=target, restore_args=restore_args, partial_restore=True))
-    except Exception as error:
-        raise CheckpointError(f"checkpoint {source}: {item_dir.name}/ cannot be read "
-                              f"({_locate(error, target)}{_one_line(error)})") from None
-    finally:
-        checkpointer.close()
+    return _restore_item(item_dir, target, source=source, partial=True)
 
 
 def _shapes_of(tree: Any) -> Any:
     return jax.tree.map(lambda a: _Shape(tuple(a.shape)), tree)
+
+
+def _zeros_placeholder(param: Any) -> Any:
+    sharding = getattr(param, "sharding", None)
+    zeros = np.zeros((1,), np.float32)
+    if sharding is None:
+        return jax.numpy.asarray(zeros)
+    return jax.make_array_from_callback((1,), _replicated_like(sharding), lambda index: zeros[index])
 
 
 def _replicated_like(sharding: Any) -> Any:
@@ -517,8 +552,8 @@ class _AbstractParamsState:
 def has_optimizer_state(step_dir: pathlib.Path) -> bool:
     """Whether an orbax step folder holds a whole train state (step and optimizer state)."""
     info = _inspect(pathlib.Path(step_dir))
-    prefixes = ("state/param_states/",) if info.layout == "t5x" else ("opt_state/",)
-    return any(name.startswith(prefixes) for name in info.shapes)
+    prefix = "state/param_states" if info.layout == "t5x" else "opt_state"
+    return any(name == prefix or name.startswith(prefix + "/") for name in info.shapes)
 
 
 def restore_step(step_dir: pathlib.Path) -> Optional[int]:
@@ -671,8 +706,8 @@ class TrainStateCheckpointer:
             return False
         if step in self.manager.all_steps():
             return False
-        tree = t5x_state_dict(state.step, state.params, state.opt_state,
-                              placeholder=lambda p: np.zeros((1,), np.float32))
+        # T5X's shape-[1] `m` placeholders, placed like the state (replicated jax.Arrays).
+        tree = t5x_state_dict(state.step, state.params, state.opt_state, placeholder=_zeros_placeholder)
         # The checksums are of the host bytes orbax is about to write (float32 as trained).
         metadata = {CHECKSUM_METADATA_KEY: checksums_of(tree)}
         self.manager.save(step, args=ocp.args.Composite(**{

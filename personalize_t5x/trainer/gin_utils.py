@@ -268,6 +268,8 @@ def run_entry_point(args: argparse.Namespace, function, name: str, **call_kwargs
     except PersonalizeError as error:  # anything else is a bug and keeps its traceback
         import sys
 
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        # gin appends "In call to configurable 'train' (<function ...>)": not the user's concern.
+        message = re.sub(r"\s*In call to configurable .*$", "", str(error), flags=re.DOTALL)
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
         return 2
     return 0
