@@ -17,7 +17,13 @@ import gin
 from personalize_t5x.trainer.utils import ConfigError
 
 REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent.parent / "gin"
-DEFAULT_GIN_SEARCH_PATHS = (os.fspath(REPO_GIN_DIR), ".")
+# T5X's rule: --gin_search_paths (default '.') is searched first, then the defaults
+# (T5X's own source root there; this repository's gin/ folder here) are appended.
+DEFAULT_GIN_SEARCH_PATHS = (os.fspath(REPO_GIN_DIR),)
+_MACRO_BINDING = re.compile(r"^\s*([A-Za-z_]\w*)\s*=")
+_MACRO_USE = re.compile(r"%([A-Za-z_]\w*)")
+_MACRO_DEFINITION = re.compile(r"^([A-Za-z_]\w*)\s*=", re.MULTILINE)
+_INCLUDE = re.compile(r"^include\s+['\"]([^'\"]+)['\"]", re.MULTILINE)
 
 
 def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
@@ -38,9 +44,10 @@ def add_gin_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gin_bindings", action="append", default=[],
                         help="a gin binding such as 'MODEL_DIR = \"/tmp/run\"' (repeatable); "
                              "--gin.NAME=VALUE is the same thing")
-    parser.add_argument("--gin_search_paths", default=",".join(DEFAULT_GIN_SEARCH_PATHS),
-                        help="comma-separated folders to look up gin files and includes in "
-                             f"(default: this repository's gin/ folder and the current folder)")
+    parser.add_argument("--gin_search_paths", default=".",
+                        help="comma-separated folders to look up gin files and includes in, before "
+                             "this repository's gin/ folder, which is always searched last (T5X's rule; "
+                             "default '.')")
 
 
 def add_seqio_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +74,9 @@ def add_multihost_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coordinator_address", default=None, help="host:port of process 0")
     parser.add_argument("--process_count", type=int, default=None, help="number of processes")
     parser.add_argument("--process_index", type=int, default=None, help="index of this process")
+    parser.add_argument("--initialization_timeout", type=int, default=None,
+                        help="seconds jax.distributed.initialize waits for all processes "
+                             "(default: jax's own)")
 
 
 def _one_line(error: Exception) -> str:
@@ -106,7 +116,9 @@ def parse_gin_flags(gin_search_paths: Sequence[str], gin_files: Sequence[str],
         raise
     except Exception as error:  # gin raises ValueError, SyntaxError, ImportError, ... for bad files
         raise ConfigError(f"gin: {_one_line(error)}") from None
+    used = macros_in_files(resolved, gin_search_paths)
     for binding in gin_bindings:
+        check_macro_binding(binding, used)
         try:
             gin.parse_config(binding, skip_unknown=skip_unknown)
         except Exception as error:
@@ -121,6 +133,57 @@ def parse_gin_flags(gin_search_paths: Sequence[str], gin_files: Sequence[str],
                 raise ConfigError(f"gin: macro {name} is required; set it in a gin file or with "
                                   f"--gin.{name}=VALUE") from None
             raise ConfigError(f"gin: {_one_line(error)}") from None
+
+
+def _resolve_include(name: str, including: str, search_paths: Sequence[str]) -> Optional[str]:
+    for base in [os.path.dirname(including), *search_paths, "."]:
+        candidate = os.path.join(base, name) if base else name
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def macros_in_files(files: Sequence[str], search_paths: Sequence[str]) -> set[str]:
+    """Every macro the gin files (and their includes) define or reference with %NAME."""
+    names: set[str] = set()
+    seen: set[str] = set()
+    pending = list(files)
+    while pending:
+        path = os.path.abspath(pending.pop())
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            text = pathlib.Path(path).read_text()
+        except OSError:
+            continue
+        body = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+        names.update(_MACRO_USE.findall(body))
+        names.update(_MACRO_DEFINITION.findall(body))
+        for include in _INCLUDE.findall(body):
+            found = _resolve_include(include, path, search_paths)
+            if found:
+                pending.append(found)
+    return names
+
+
+def check_macro_binding(binding: str, used: set[str]) -> None:
+    """Refuses `NAME = VALUE` for a macro NAME that no loaded gin file uses (a typo, silently ignored by gin).
+
+    Bindings of configurables (`trainer.Trainer.num_microbatches = 2`) contain a dot and
+    keep gin's own checks; a scoped name (`train/NAME`) is left alone too.
+    """
+    match = _MACRO_BINDING.match(binding)
+    if not match:
+        return
+    name = match.group(1)
+    if name in used:
+        return
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(used), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise ConfigError(f"gin: --gin.{name} sets macro {name}, which no loaded gin file uses{hint}")
 
 
 def call_configured(fn, name: str):
@@ -164,9 +227,14 @@ def accept_gin_shorthand(parser: argparse.ArgumentParser) -> None:
     parser.parse_known_args = parse_known_args
 
 
+def search_paths_from_args(args: argparse.Namespace) -> list[str]:
+    """--gin_search_paths, then the defaults (T5X: `FLAGS.gin_search_paths + _DEFAULT_GIN_SEARCH_PATHS`)."""
+    given = [p for p in str(args.gin_search_paths).split(",") if p]
+    return given + [p for p in DEFAULT_GIN_SEARCH_PATHS if p not in given]
+
+
 def parse_from_args(args: argparse.Namespace) -> None:
-    paths = [p for p in str(args.gin_search_paths).split(",") if p]
-    parse_gin_flags(paths, args.gin_file, args.gin_bindings)
+    parse_gin_flags(search_paths_from_args(args), args.gin_file, args.gin_bindings)
 
 
 # ---------------------------------------------------------------------------
@@ -185,20 +253,23 @@ def run_entry_point(args: argparse.Namespace, function, name: str, **call_kwargs
 
     Configuration and checkpoint problems end with one `error:` line and exit status 2.
     """
-    from personalize_t5x.trainer import checkpoints as checkpoints_lib
+    from personalize_t5x.errors import PersonalizeError
     from personalize_t5x.trainer import partitioning
 
     try:
         partitioning.initialize_distributed(
             multiprocess_gpu=args.multiprocess_gpu, coordinator_address=args.coordinator_address,
-            process_count=args.process_count, process_index=args.process_index)
+            process_count=args.process_count, process_index=args.process_index,
+            initialization_timeout=getattr(args, "initialization_timeout", None))
         apply_seqio_arguments(args)
         parse_from_args(args)
         configured = gin.get_configurable(function)
         call_configured(lambda: configured(**call_kwargs), name)
-    except (ConfigError, checkpoints_lib.CheckpointError, ValueError) as error:
+    except PersonalizeError as error:  # anything else is a bug and keeps its traceback
         import sys
 
-        print(f"error: {error}", file=sys.stderr)
+        # gin appends "In call to configurable 'train' (<function ...>)": not the user's concern.
+        message = re.sub(r"\s*In call to configurable .*$", "", str(error), flags=re.DOTALL)
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
         return 2
     return 0

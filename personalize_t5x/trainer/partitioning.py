@@ -70,8 +70,12 @@ def standard_logical_axis_rules(
 def initialize_distributed(*, multiprocess_gpu: bool = False,
                            coordinator_address: Optional[str] = None,
                            process_count: Optional[int] = None,
-                           process_index: Optional[int] = None) -> None:
+                           process_index: Optional[int] = None,
+                           initialization_timeout: Optional[int] = None) -> None:
     """Joins a multi-host job (T5X's flags); a no-op for a single process.
+
+    `initialization_timeout` (T5X's --initialization_timeout): seconds to wait for every
+    process to join; None keeps jax's default.
 
     On Cloud TPU VMs `jax.distributed.initialize()` discovers everything itself, so
     `--multiprocess_gpu` alone (or a coordinator address) is enough to turn it on.
@@ -84,8 +88,9 @@ def initialize_distributed(*, multiprocess_gpu: bool = False,
         raise ValueError(f"--process_index={process_index} is outside [0, --process_count={process_count})")
     logger.info("jax.distributed.initialize(coordinator=%s, processes=%s, index=%s)",
                 coordinator_address, process_count, process_index)
+    timeout = {} if initialization_timeout is None else {"initialization_timeout": int(initialization_timeout)}
     jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=process_count, process_id=process_index)
+                               num_processes=process_count, process_id=process_index, **timeout)
 
 
 def _axis_size(mesh: Mesh, axis: Any) -> int:

@@ -90,6 +90,7 @@ def train(
     summarize_config_fn: Optional[Callable[[str], Any]] = None,
     inference_evaluator_cls: Optional[Callable[..., Any]] = None,
     predict_options: Optional[dict] = None,
+    fallback_to_previous_checkpoint: bool = False,
 ) -> TrainResult:
     """Trains `model` for `total_steps` steps, resuming from MODEL_DIR when it holds a checkpoint.
 
@@ -110,6 +111,10 @@ def train(
       summarize_config_fn: called with model_dir to record the configuration.
       inference_evaluator_cls: seqio.Evaluator-compatible class for decoded metrics.
       predict_options: keyword arguments for model.predict_batch (method, num_decodes...).
+      fallback_to_previous_checkpoint: when the newest checkpoint in MODEL_DIR is bad
+        (corrupt, truncated, non-finite), set it aside as `bad_checkpoint_<step>-<time>`
+        and resume from the previous one (gin: RESUME_FALLBACK); otherwise stop with
+        one line naming it and this option.
     """
     from personalize_t5x.trainer import eval as evaluate_lib
 
@@ -120,38 +125,60 @@ def train(
     seed = 0 if random_seed is None else int(random_seed)
     save_cfg = checkpoint_cfg.save or utils.SaveCheckpointConfig()
     restore_cfg = checkpoint_cfg.restore
+    if restore_cfg is not None and restore_cfg.path and restore_cfg.mode == "all":
+        raise utils.ConfigError("RestoreCheckpointConfig.mode 'all' is for evaluation; training restores "
+                                "one checkpoint ('specific' or 'latest'), as in T5X")
     directory = checkpoints_lib.ensure_writable_dir(model_dir, "MODEL_DIR")
-    checkpointer = checkpoints_lib.TrainStateCheckpointer(os.fspath(directory), period=save_cfg.period,
-                                                          keep=save_cfg.keep)
     trainer = trainer_cls(model=model, partitioner=partitioner)
 
-    # Input first: its shapes size the model and the mesh checks the batch size.
+    # Input first: a bad task or split fails before any checkpoint machinery starts,
+    # its shapes size the model, and the mesh checks the batch size.
     num_shards, shard_id = jax.process_count(), jax.process_index()
     partitioner.batch_sharding(train_dataset_cfg.batch_size)
-    latest = checkpointer.latest_step()
-    start_step = 0 if latest is None else int(latest)
+    task = utils.get_mixture_or_task(train_dataset_cfg.mixture_or_task_name, train_dataset_cfg.module)
+    utils.verify_matching_vocab_size(getattr(getattr(model, "config", None), "vocab_size", None), task)
     train_ds = utils.get_dataset(train_dataset_cfg, shard_id=shard_id, num_shards=num_shards, seed=seed,
-                                 num_epochs=None, start_batch=start_step)
-    batches = utils.numpy_batches(train_ds)
-    first = next(batches, None)
-    if first is None:
-        raise utils.ConfigError(f"task {train_dataset_cfg.mixture_or_task_name!r} split "
-                                f"{train_dataset_cfg.split!r} yields no batch of {train_dataset_cfg.batch_size}")
-    input_shapes = _input_shapes(first, train_dataset_cfg.batch_size)
+                                 num_epochs=None)
+    input_shapes = {k: (train_dataset_cfg.batch_size,) + tuple(spec.shape[1:])
+                    for k, spec in train_ds.element_spec.items()}
+    train_input = utils.CheckpointableInput(train_ds)
 
     rng = jax.random.PRNGKey(seed)
     init_rng, dropout_rng = jax.random.split(rng)
     abstract, shardings, _ = trainer.abstract_state(input_shapes)
-    if latest is not None:
-        _console(f"[train] resuming from {directory}/checkpoint_{latest}")
-        restored = checkpointer.restore(abstract, shardings, latest)
+    # 1. The newest good checkpoint in MODEL_DIR (T5X: MODEL_DIR first, then the path).
+    resumed = checkpoints_lib.resume(
+        directory, abstract, shardings, fallback=bool(fallback_to_previous_checkpoint),
+        fallback_option="--gin.RESUME_FALLBACK=True", on_fallback=_console)
+    if resumed is not None:
+        step_dir, restored = resumed
+        _console(f"[train] resuming from {step_dir}")
         state = trainer.state_from_dict(restored)
+        start_step = int(jax.device_get(state.step))
+        how = checkpoints_lib.restore_dataset(step_dir, train_input, shard=shard_id, num_shards=num_shards)
+        if how is None:  # a checkpoint written before dataset/ existed: replay the batches
+            train_input.skip_to(start_step)
+            how = "position"
+        _console(f"[train] input resumed at batch {train_input.position} "
+                 f"({'tf.data iterator state' if how == 'iterator' else 'replayed by skipping batches'})")
     elif restore_cfg is not None and restore_cfg.path:
-        _console(f"[train] initial parameters from {restore_cfg.path}")
-        params = checkpoints_lib.load_initial_params(restore_cfg.path, abstract.params)
-        state = trainer.init_state(init_rng, input_shapes, params=params)
+        # 2. INITIAL_CHECKPOINT_PATH. As in T5X, a full train state (an orbax step folder,
+        # ours or T5X's) brings its step and optimizer state; the step continues from it.
+        (initial,) = checkpoints_lib.checkpoint_paths(restore_cfg.path, restore_cfg.mode)
+        state = _initial_state(trainer, initial, abstract, shardings, restore_cfg.dtype, init_rng, input_shapes)
+        start_step = int(jax.device_get(state.step))
+        _console(f"[train] initial {'train state' if start_step else 'parameters'} from {initial}"
+                 + (f" at step {start_step}" if start_step else ""))
     else:
         state = trainer.init_state(init_rng, input_shapes)
+        start_step = 0
+    if total_steps < start_step:
+        raise utils.ConfigError(f"TRAIN_STEPS {total_steps} is below the checkpoint's step {start_step}: steps "
+                                f"count on from the checkpoint (T5X), so set TRAIN_STEPS to {start_step} + N")
+    first = next(train_input, None)
+    if first is None:
+        raise utils.ConfigError(f"task {train_dataset_cfg.mixture_or_task_name!r} split "
+                                f"{train_dataset_cfg.split!r} yields no batch of {train_dataset_cfg.batch_size}")
     if summarize_config_fn is not None and jax.process_index() == 0:
         summarize_config_fn(os.fspath(directory))
     if jax.process_index() == 0:
@@ -159,20 +186,22 @@ def train(
     _console(f"[train] {trainer_lib.param_count(abstract.params):,} parameters, mesh "
              f"{dict(partitioner.mesh.shape)}, steps {start_step} -> {total_steps}, model_dir {directory}")
 
+    checkpointer = checkpoints_lib.TrainStateCheckpointer(
+        os.fspath(directory), period=save_cfg.period, keep=save_cfg.keep, shard=shard_id, num_shards=num_shards)
+    dataset_to_save = train_input if save_cfg.save_dataset else None
     writer = utils.SummaryWriter(directory / "train", enabled=jax.process_index() == 0)
-    evaluators = evaluate_lib.EvalRunner(
-        trainer=trainer, model_dir=directory, train_eval_dataset_cfg=train_eval_dataset_cfg,
-        infer_eval_dataset_cfg=infer_eval_dataset_cfg, eval_steps=eval_steps,
-        inference_evaluator_cls=inference_evaluator_cls, predict_options=predict_options, seed=seed)
-
     step = start_step
     last_metrics: dict = {}
     eval_metrics: dict = {}
-    window_start, window_tokens, window_examples, window_steps = time.time(), 0, 0, 0
-    pending = first
     try:
+        evaluators = evaluate_lib.EvalRunner(
+            trainer=trainer, model_dir=directory, train_eval_dataset_cfg=train_eval_dataset_cfg,
+            infer_eval_dataset_cfg=infer_eval_dataset_cfg, eval_steps=eval_steps,
+            inference_evaluator_cls=inference_evaluator_cls, predict_options=predict_options, seed=seed)
+        window_start, window_tokens, window_examples, window_steps = time.time(), 0, 0, 0
+        pending = first
         while step < total_steps:
-            batch = pending if pending is not None else next(batches)
+            batch = pending if pending is not None else next(train_input)
             pending = None
             state, metrics = trainer.train_step(state, batch, dropout_rng)
             step += 1
@@ -192,16 +221,33 @@ def train(
                          f"{metrics['timing/tokens_per_second']:.0f} tokens/s")
                 last_metrics = metrics
                 window_start, window_tokens, window_examples, window_steps = time.time(), 0, 0, 0
-            checkpointer.save(state, step=step)
+            checkpointer.save(state, step=step, dataset=dataset_to_save)
             if eval_period and (step % eval_period == 0 or step == total_steps):
                 eval_metrics = evaluators.run(state.params, step)
+        checkpointer.save(state, step=step, force=True, dataset=dataset_to_save)
     finally:
         writer.close()
-    if state is not None:
-        checkpointer.save(state, force=True)
-    checkpointer.close()
+        checkpointer.close()
     _console(f"[train] done at step {step}; checkpoints in {directory}")
     return TrainResult(step=step, state=state, train_metrics=last_metrics, eval_metrics=eval_metrics)
+
+
+def _initial_state(trainer: trainer_lib.Trainer, path: pathlib.Path, abstract: Any, shardings: Any,
+                   dtype: str, init_rng: Any, input_shapes: dict) -> Any:
+    """The train state INITIAL_CHECKPOINT_PATH gives: a whole state when it holds one, else params.
+
+    Parameters are read in RestoreCheckpointConfig.dtype (T5X's restore dtype) and then
+    held in the model's parameter dtype, which the compiled train step expects.
+    """
+    step_dir = path
+    if not checkpoints_lib.step_of(path) and checkpoints_lib.latest_step_dir(path) is not None:
+        step_dir = checkpoints_lib.latest_step_dir(path)
+    if checkpoints_lib.is_own_checkpoint(os.fspath(step_dir)) and checkpoints_lib.has_optimizer_state(step_dir):
+        restored = checkpoints_lib.restore_state_dict(step_dir, abstract, shardings, dtype=dtype)
+        restored["params"] = jax.tree.map(lambda x, a: x.astype(a.dtype), restored["params"], abstract.params)
+        return trainer.state_from_dict(restored)
+    params = checkpoints_lib.load_initial_params(os.fspath(path), abstract.params, dtype=dtype)
+    return trainer.init_state(init_rng, input_shapes, params=params)
 
 
 # ---------------------------------------------------------------------------

@@ -56,6 +56,9 @@ class DatasetConfig:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"BATCH_SIZE must be a positive integer; got {self.batch_size!r}")
         if self.task_feature_lengths is not None:
+            if not isinstance(self.task_feature_lengths, Mapping):
+                raise ConfigError("TASK_FEATURE_LENGTHS must be a dict of feature lengths such as "
+                                  f"{{'inputs': 512, 'targets': 512}}; got {self.task_feature_lengths!r}")
             lengths = dict(self.task_feature_lengths)
             for key, value in lengths.items():
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -65,12 +68,18 @@ class DatasetConfig:
 
 @dataclasses.dataclass
 class SaveCheckpointConfig:
-    """How often to save and how many to keep (T5X's names). keep=None keeps all."""
+    """How often to save and how many to keep (T5X's names). keep=None keeps all.
+
+    save_dataset: save the train input's position with each checkpoint (T5X's
+      `dataset/train_ds-*` item: the tf.data iterator state), so a resumed run restores
+      it instead of replaying the input. Unlike T5X (default False) on by default; off,
+      a resumed run replays by skipping the batches already trained on.
+    """
 
     period: int = 1000
     keep: Optional[int] = None
     dtype: str = "float32"
-    save_dataset: bool = False
+    save_dataset: bool = True
 
     def __post_init__(self):
         if isinstance(self.period, bool) or not isinstance(self.period, int) or self.period < 1:
@@ -79,15 +88,18 @@ class SaveCheckpointConfig:
             raise ConfigError(f"SaveCheckpointConfig.keep must be a positive integer or None; got {self.keep!r}")
         if self.dtype != "float32":
             raise ConfigError("SaveCheckpointConfig.dtype: only 'float32' checkpoints are written")
-        if self.save_dataset:
-            raise ConfigError("SaveCheckpointConfig.save_dataset is not supported: the input is replayed "
-                              "deterministically from the seed and the step instead")
+        if not isinstance(self.save_dataset, bool):
+            raise ConfigError(f"SaveCheckpointConfig.save_dataset must be True or False; got {self.save_dataset!r}")
 
 
 @dataclasses.dataclass
 class RestoreCheckpointConfig:
-    """The checkpoint to start from (INITIAL_CHECKPOINT_PATH / CHECKPOINT_PATH).
+    """The checkpoint to start from (INITIAL_CHECKPOINT_PATH / CHECKPOINT_PATH), T5X's fields.
 
+    mode: 'specific' restores `path` itself; 'latest' the newest checkpoint_<step> in
+      `path` (a MODEL_DIR); 'all' every one of them, oldest first (evaluation only:
+      training refuses it, as T5X does).
+    dtype: the dtype the parameters are restored in (T5X's restore_dtype).
     A checkpoint already in MODEL_DIR always wins over `path` when training, so a
     restarted run resumes instead of starting over (T5X's behaviour).
     """
@@ -97,8 +109,9 @@ class RestoreCheckpointConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        if self.mode not in ("specific", "latest"):
-            raise ConfigError(f"RestoreCheckpointConfig.mode must be 'specific' or 'latest'; got {self.mode!r}")
+        if self.mode not in ("specific", "latest", "all"):
+            raise ConfigError("RestoreCheckpointConfig.mode must be 'specific', 'latest' or 'all'; "
+                              f"got {self.mode!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"RestoreCheckpointConfig.dtype must be 'float32' or 'bfloat16'; got {self.dtype!r}")
 
@@ -147,8 +160,9 @@ def get_dataset(cfg: DatasetConfig, *, shard_id: int = 0, num_shards: int = 1, s
     """Batched tf.data of model features (EncDecFeatureConverter) for one host.
 
     The per-host batch is `batch_size // num_shards`. With a fixed seed the sequence
-    of batches is a function of the seed alone, so a resumed run skips the first
-    `start_batch` batches and continues exactly where the interrupted one stopped.
+    of batches is a function of the seed alone. Training resumes the input from the
+    iterator state saved with the checkpoint (`CheckpointableInput`); `start_batch`
+    skips batches instead (for pipelines tf.data cannot checkpoint).
     """
     import seqio
 
@@ -172,6 +186,61 @@ def get_dataset(cfg: DatasetConfig, *, shard_id: int = 0, num_shards: int = 1, s
 def numpy_batches(ds) -> Iterator[dict[str, np.ndarray]]:
     for batch in ds.as_numpy_iterator():
         yield {k: np.asarray(v) for k, v in batch.items()}
+
+
+def vocabulary_sizes(task: Any) -> dict[str, int]:
+    """{feature: vocabulary size} of a seqio Task or Mixture's output features."""
+    sizes = {}
+    for name, feature in task.output_features.items():
+        vocabulary = getattr(feature, "vocabulary", None)
+        size = getattr(vocabulary, "vocab_size", None)
+        if size is not None:
+            sizes[name] = int(size)
+    return sizes
+
+
+def verify_matching_vocab_size(model_vocab_size: Optional[int], task: Any) -> None:
+    """The model must embed every id the task's vocabularies produce (T5X's verify_matching_vocabs).
+
+    An id at or above VOCAB_SIZE would index past the embedding table, which XLA clamps
+    silently; the model may have more rows than the vocabulary (T5's 32128 > 32100).
+    """
+    if model_vocab_size is None:
+        return
+    for name, size in sorted(vocabulary_sizes(task).items()):
+        if size > int(model_vocab_size):
+            raise ConfigError(f"VOCAB_SIZE {model_vocab_size} is smaller than the {size} ids of task "
+                              f"{task.name!r} feature {name!r}: set VOCAB_SIZE to at least {size} "
+                              f"(e.g. --gin.VOCAB_SIZE={size})")
+
+
+class CheckpointableInput:
+    """Host batches from a tf.data pipeline whose position can be saved with a checkpoint.
+
+    `iterator` is the tf.data iterator T5X checkpoints (`tf.train.Checkpoint(ds=...)`);
+    `position` counts the batches handed out. A pipeline that tf.data cannot checkpoint
+    (a Python generator source) sets `checkpointable` False at the first save, and is
+    then positioned on restore by skipping `position` batches (`skip_to`).
+    """
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+        self.iterator = iter(dataset)
+        self.position = 0
+        self.checkpointable = True
+        self.restored_from: Optional[str] = None
+
+    def skip_to(self, position: int) -> None:
+        self.iterator = iter(self.dataset.skip(int(position)))
+        self.position = int(position)
+
+    def __iter__(self) -> "CheckpointableInput":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self.iterator)
+        self.position += 1
+        return {k: np.asarray(v) for k, v in batch.items()}
 
 
 # ---------------------------------------------------------------------------

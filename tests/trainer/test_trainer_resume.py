@@ -27,8 +27,9 @@ def _args(model_dir):
 
 
 def _params(step_dir):
-    restored = ocp.StandardCheckpointer().restore(os.fspath(step_dir / "default"))
-    return restored["params"], restored["opt_state"], int(restored["step"])
+    # T5X's layout: params under `target`, step and Adafactor state under `state`.
+    restored = ocp.PyTreeCheckpointer().restore(os.fspath(step_dir / "state"))
+    return restored["target"], restored["state"]["param_states"], int(restored["state"]["step"])
 
 
 def _flat(tree):

@@ -22,11 +22,21 @@ def _examples(split: str):
 
 
 def _dataset_fn(split, shuffle_files=False, seed=None):
+    """The examples as tensors (no Python generator), so tf.data can checkpoint the iterator."""
     del shuffle_files, seed
-    return tf.data.Dataset.from_generator(
-        lambda: _examples(split),
-        output_signature={"inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32),
-                          "example_id": tf.TensorSpec([], tf.string)})
+    examples = list(_examples(split))
+    width = max(len(e["inputs"]) for e in examples)
+    padded = np.zeros((len(examples), width), np.int32)
+    padded_targets = np.zeros((len(examples), width), np.int32)
+    lengths = np.zeros((len(examples),), np.int32)
+    for row, example in enumerate(examples):
+        lengths[row] = len(example["inputs"])
+        padded[row, : lengths[row]] = example["inputs"]
+        padded_targets[row, : lengths[row]] = example["targets"]
+    ds = tf.data.Dataset.from_tensor_slices({"inputs": padded, "targets": padded_targets, "length": lengths,
+                                             "example_id": [e["example_id"] for e in examples]})
+    return ds.map(lambda x: {"inputs": x["inputs"][: x["length"]], "targets": x["targets"][: x["length"]],
+                             "example_id": x["example_id"]})
 
 
 def exact_match(targets, predictions):
