@@ -236,10 +236,17 @@ def checksums_of(tree: Mapping[str, Any]) -> dict[str, Optional[str]]:
     return out
 
 
+def _named_leaves(tree: Any) -> dict[str, Any]:
+    """Every array leaf by its '/'-joined path; unlike `flatten`, goes through tuples
+    (the older layout's optax state) too. For nested dicts the names equal `flatten`'s."""
+    return {"/".join(_key(k) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def verify_arrays(tree: Mapping[str, Any], checksums: Optional[Mapping[str, Optional[str]]], *,
                   source: str) -> None:
     """Raises CheckpointError for the first array whose crc32c differs or that holds NaN/Inf."""
-    for name, leaf in sorted(flatten(tree).items()):
+    for name, leaf in sorted(_named_leaves(tree).items()):
         whole = not (isinstance(leaf, jax.Array) and not leaf.is_fully_addressable)
         if whole:
             host = np.asarray(jax.device_get(leaf))
@@ -717,6 +724,14 @@ class TrainStateCheckpointer:
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
+
+    def restore(self, abstract_state: Any, shardings: Any, step: Optional[int] = None) -> dict:
+        """The verified state dict at `step` (latest if None), placed with `shardings`."""
+        self.manager.wait_until_finished()
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.model_dir}")
+        return restore_state_dict(self.model_dir / f"{CHECKPOINT_PREFIX}_{step}", abstract_state, shardings)
 
     def close(self) -> None:
         try:

@@ -7,6 +7,7 @@ become one-line `ConfigError`s that name the file and line gin reports.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import pathlib
 import re
@@ -92,6 +93,18 @@ def _one_line(error: Exception) -> str:
     return f"{head} ({rest})" if rest else head
 
 
+class _DropGinPathProbes(logging.Filter):
+    """Drops gin's `ERROR Path not found: X` lines.
+
+    gin probes every search path for each file and include, and logs an ERROR for each
+    miss of its Python-package reader before it finds the file on the next path; a file
+    that is found nowhere still fails (as a one-line ConfigError), so nothing is lost.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.ERROR and str(record.msg).startswith("Path not found:"))
+
+
 def parse_gin_flags(gin_search_paths: Sequence[str], gin_files: Sequence[str],
                     gin_bindings: Sequence[str], *, skip_unknown: bool = False,
                     finalize_config: bool = True) -> None:
@@ -110,12 +123,16 @@ def parse_gin_flags(gin_search_paths: Sequence[str], gin_files: Sequence[str],
         if found is None:
             raise ConfigError(f"gin file {name!r} not found (searched {', '.join(map(str, gin_search_paths))})")
         resolved.append(found)
+    probes = _DropGinPathProbes()
+    logging.getLogger().addFilter(probes)
     try:
         gin.parse_config_files_and_bindings(resolved, None, skip_unknown=skip_unknown, finalize_config=False)
     except ConfigError:
         raise
     except Exception as error:  # gin raises ValueError, SyntaxError, ImportError, ... for bad files
         raise ConfigError(f"gin: {_one_line(error)}") from None
+    finally:
+        logging.getLogger().removeFilter(probes)
     used = macros_in_files(resolved, gin_search_paths)
     for binding in gin_bindings:
         check_macro_binding(binding, used)

@@ -134,7 +134,10 @@ def train(
     # Input first: a bad task or split fails before any checkpoint machinery starts,
     # its shapes size the model, and the mesh checks the batch size.
     num_shards, shard_id = jax.process_count(), jax.process_index()
-    partitioner.batch_sharding(train_dataset_cfg.batch_size)
+    try:
+        partitioner.batch_sharding(train_dataset_cfg.batch_size)
+    except ValueError as error:  # partitioning's own message, already one line
+        raise utils.ConfigError(str(error)) from None
     task = utils.get_mixture_or_task(train_dataset_cfg.mixture_or_task_name, train_dataset_cfg.module)
     utils.verify_matching_vocab_size(getattr(getattr(model, "config", None), "vocab_size", None), task)
     train_ds = utils.get_dataset(train_dataset_cfg, shard_id=shard_id, num_shards=num_shards, seed=seed,

@@ -208,27 +208,34 @@ def _leaves(step_dir):
 
 @pytest.mark.slow
 def test_kill_9_at_random_points_then_resume_gives_identical_results(trained, tmp_path):
-    """Two SIGKILLs at random moments (seeded), then the same command finishes the run."""
+    """SIGKILL at two seeded random steps (a random few ms after the step's log line, so
+    also inside checkpoint writes), then the same command finishes the run: bitwise equal."""
     model_dir, cache = trained
-    steps = 8
+    steps = 10
     straight = tmp_path / "straight"
     assert subprocess.run(_command(straight, steps=steps), cwd=REPO, env=_env(cache), capture_output=True,
                           timeout=600).returncode == 0
     interrupted = tmp_path / "interrupted"
     chooser = random.Random(11)
-    for _ in range(2):
+    kill_at = sorted(chooser.sample(range(1, steps), 2))
+    for at in kill_at:
         process = subprocess.Popen(_command(interrupted, steps=steps), cwd=REPO, env=_env(cache),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Wait until training runs (a step folder or a temporary one appears), then a random delay.
-        deadline = time.time() + 300
-        while not any(interrupted.glob("checkpoint_*")) and process.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        time.sleep(chooser.uniform(0.0, 1.5))
-        process.send_signal(signal.SIGKILL)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        seen = []
+        for line in process.stderr:
+            seen.append(line)
+            if f"] step {at}/{steps} " in line:
+                time.sleep(chooser.uniform(0.0, 0.05))
+                process.send_signal(signal.SIGKILL)
+                break
         process.wait()
+        process.stderr.close()
+        assert process.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+        assert not (interrupted / f"checkpoint_{steps}").exists(), "the run finished before the kill"
     resumed = subprocess.run(_command(interrupted, steps=steps), cwd=REPO, env=_env(cache), capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[train] resuming from" in resumed.stderr
     a, b = _leaves(straight / f"checkpoint_{steps}"), _leaves(interrupted / f"checkpoint_{steps}")
     assert a.keys() == b.keys()
     for name in a:
