@@ -96,6 +96,15 @@ def resolve_wordnet_dir(wordnet_dir: str | os.PathLike | None = None) -> str:
     return os.path.abspath(path)
 
 
+def wordnet_fingerprint(wordnet_dir: str | os.PathLike | None = None) -> str:
+    """Identifies a WordNet folder by its files' sizes (without loading it)."""
+    path = resolve_wordnet_dir(wordnet_dir)
+    digest = hashlib.sha256(b"wordnet;")
+    for name in _WORDNET_FILES:
+        digest.update(f"{name}:{os.path.getsize(os.path.join(path, name))};".encode())
+    return digest.hexdigest()[:16]
+
+
 def _reader_class():
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
@@ -135,10 +144,7 @@ class WordNet:
 
     @property
     def fingerprint(self) -> str:
-        digest = hashlib.sha256(f"wordnet {self.version};".encode())
-        for name in _WORDNET_FILES:
-            digest.update(f"{name}:{os.path.getsize(os.path.join(self.path, name))};".encode())
-        return digest.hexdigest()[:16]
+        return wordnet_fingerprint(self.path)
 
     def _synonyms_uncached(self, word: str) -> frozenset[str]:
         names = set()
