@@ -131,3 +131,86 @@ def test_weak_labels_come_from_the_examples_own_ranked_entries(beer):
         # the summary label is made of the ranked text's snippets: every word of it is there
         ranked_tokens = set(ranked.split())
         assert set(r[fn.SUMMARY_CTX_WEAK_LABEL].split()) <= ranked_tokens
+
+
+SPIECE = "tests/fixtures/hf_t5_tiny/gtr/spiece.model"
+
+
+def _aux_example_ids(task, split):
+    dataset = task.get_dataset(sequence_length={"inputs": 64, "targets": 32}, split=split, shuffle=False)
+    return [ex[fn.EXAMPLE_ID].decode() for ex in dataset.as_numpy_iterator()]
+
+
+def test_auxiliary_tasks_train_on_one_half_of_the_training_users_only(beer):
+    import seqio
+
+    from personalize_t5x.tasks import registry
+
+    root, result, _, records = beer
+    vocabulary = seqio.SentencePieceVocabulary(str(registry.os.path.join(registry.os.path.dirname(__file__), "..", "..", SPIECE)))
+    names = registry.register_aux_tasks("beer_leak_test", features_dir=str(root / "features"), vocabulary=vocabulary, overwrite=True)
+    try:
+        half_of = {r[fn.EXAMPLE_ID]: r[fn.AUX_HALF] for r in records["train"]}
+        user_of = {r[fn.EXAMPLE_ID]: r[fn.USER_ID] for r in records["train"]}
+        other_ids = {r[fn.EXAMPLE_ID] for s in ("validation", "test") for r in records[s]}
+        for model, name in names.items():
+            task = seqio.get_mixture_or_task(name)
+            trained = _aux_example_ids(task, "train")
+            held_out = _aux_example_ids(task, "validation")
+            assert trained and held_out
+            assert {half_of[i] for i in trained} == {"aux"} and {half_of[i] for i in held_out} == {"generation"}
+            assert not {user_of[i] for i in trained} & {user_of[i] for i in held_out}
+            assert not set(trained) & other_ids and set(trained) | set(held_out) == set(half_of)
+            for split in fn.SPLITS:
+                assert sorted(_aux_example_ids(task, f"infer_{split}")) == sorted(r[fn.EXAMPLE_ID] for r in records[split])
+            # The model's targets are the weak labels; its inputs never hold the target.
+            example = next(task.get_dataset(sequence_length=None, split="train", shuffle=False).as_numpy_iterator())
+            instruction = prompts.AUX_SUM_CTX_INSTRUCTION if model == "sum_ctx" else prompts.AUX_SYN_CTX_INSTRUCTION
+            # (this tiny vocabulary has no capitals: compare from the second character)
+            assert instruction[1:] + ". passage start" in vocabulary.decode(example["inputs"].tolist())
+    finally:
+        registry.unregister_aux_tasks("beer_leak_test")
+
+
+def test_joined_predictions_fill_every_row_of_the_paper(beer, tmp_path):
+    import shutil
+
+    from personalize_t5x.pipeline import aux_join
+
+    root, _, _, records = beer
+    features_dir = tmp_path / "features"
+    shutil.copytree(root / "features", features_dir)
+    files = {}
+    for model in ("sum_ctx", "syn_ctx"):
+        files[model] = {}
+        for split in fn.SPLITS:
+            path = tmp_path / f"{model}-{split}.jsonl"
+            path.write_text("".join(json.dumps({"example_id": r[fn.EXAMPLE_ID], "prediction": f"{model} prediction for {r[fn.EXAMPLE_ID]}"}) + "\n"
+                                    for r in records[split]))
+            files[model][split] = str(path)
+    counts = aux_join.join_aux_predictions(features_dir=str(features_dir), prediction_files=files)
+    assert counts == {s: len(records[s]) for s in fn.SPLITS}
+    joined = {s: list(features.read_generation_examples(str(features_dir), s)) for s in fn.SPLITS}
+    for split in fn.SPLITS:
+        for before, after in zip(records[split], joined[split]):
+            assert after[fn.SUMMARY_CTX] == f"sum_ctx prediction for {before[fn.EXAMPLE_ID]}"
+            assert after[fn.KEYWORDS_CTX] == f"syn_ctx prediction for {before[fn.EXAMPLE_ID]}"
+            assert {k: v for k, v in after.items() if k not in (fn.SUMMARY_CTX, fn.KEYWORDS_CTX)} == \
+                   {k: v for k, v in before.items() if k not in (fn.SUMMARY_CTX, fn.KEYWORDS_CTX)}
+    reading = {v: [f for f in prompts.generation_layout(v).required_features if f in fn.SUMMARY_AND_KEYWORD_FEATURES]
+               for v in prompts.VARIANTS}
+    for variant, names in reading.items():
+        for split in fn.SPLITS:
+            for name in names:
+                assert sum(1 for r in joined[split] if r[name].strip()) / len(joined[split]) >= 0.95, (variant, split, name)
+    # The features stage still sees the joined splits as finished (manifest updated).
+    config = features.FeaturesConfig(num_shards=1, direct_running_mode="in_memory", direct_num_workers=1, encoder_factory=HashingEncoder)
+    rerun = features.run_features(examples_dir=str(root / "examples"), output_dir=str(features_dir), config=config, progress=False)
+    assert rerun.computed_splits == [] and rerun.manifest["aux_predictions"]["train_inputs"] == "predicted"
+    # weak_label mode: the training split reads the weak labels, the others the predictions.
+    aux_join.join_aux_predictions(features_dir=str(features_dir), prediction_files=files, train_inputs="weak_label")
+    train = list(features.read_generation_examples(str(features_dir), "train"))
+    assert all(r[fn.SUMMARY_CTX] == r[fn.SUMMARY_CTX_WEAK_LABEL] and r[fn.KEYWORDS_CTX] == r[fn.KEYWORDS_CTX_WEAK_LABEL] for r in train)
+    (tmp_path / "sum_ctx-test.jsonl").write_text("")
+    with pytest.raises(Exception, match="no prediction for"):
+        aux_join.join_aux_predictions(features_dir=str(features_dir), prediction_files=files, splits=("test",))
