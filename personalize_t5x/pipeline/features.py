@@ -6,9 +6,15 @@ groups them (CoGroupByKey), and for each user calls
 embedding cache per user, shared by all of that user's examples. The sentence encoder
 is loaded once per worker (DoFn.setup), never per element.
 
+For each user it then computes stages 3 and 4 (docs/summaries_and_keywords.md):
+`summary_and_keyword_fields` over the summary ranker's entries, with the same embedding cache.
+
 Outputs, in `output_dir` (names from personalize_t5x/feature_names.py):
   <split>.tfrecord-SSSSS-of-NNNNN               one tf.train.Example per example
-  author_pairs_<split>.tfrecord-SSSSS-of-NNNNN  text_a, text_b, label
+  author_pairs_<split>.tfrecord-SSSSS-of-NNNNN  text_a, text_b, label (copied as the examples
+                                                stage wrote them: no Beam pass)
+  idf_train.json                                the training split's IDF table, computed
+                                                once (before the pipeline) per input fingerprint
   features_report.json                          counters: what was read, skipped, odd
   manifest.json                                 written last; lists every shard with its
                                                 size and sha256, per split
