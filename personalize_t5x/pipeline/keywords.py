@@ -189,15 +189,18 @@ class WordMatcher:
             if j is not None:
                 matched[i].add(j)
         if self.wordnet is not None:
-            entry_synonyms = [self.wordnet.synonyms(w) for w in entry_words]
+            # Both directions (morphy makes synonymy asymmetric: "hops" reaches "hop", not
+            # back): entry words indexed by each of their synonyms.
+            entries_by_synonym: dict[str, list[int]] = collections.defaultdict(list)
+            for j, word in enumerate(entry_words):
+                for synonym in self.wordnet.synonyms(word):
+                    entries_by_synonym[synonym].append(j)
             for i, word in enumerate(target_words):
                 for synonym in self.wordnet.synonyms(word):
                     j = entry_index.get(synonym)
                     if j is not None:
                         matched[i].add(j)
-                for j, synonyms in enumerate(entry_synonyms):
-                    if word in synonyms:
-                        matched[i].add(j)
+                matched[i].update(entries_by_synonym.get(word, ()))
         if self.glove is not None:
             t_rows = [(i, self.glove.row_of[w]) for i, w in enumerate(target_words) if w in self.glove.row_of]
             e_rows = [(j, self.glove.row_of[w]) for j, w in enumerate(entry_words) if w in self.glove.row_of]
