@@ -435,3 +435,26 @@ def test_real_minilm_encoder_matches_direct_ranking(tmp_path):
     for example, rankings in direct:
         for strategy in config.strategies:
             assert written[example.example_id][feature_names.ranked_text_feature(strategy)] == rankings[strategy].text
+
+
+def test_missing_wordnet_stops_the_stage_with_how_to_get_it(tmp_path):
+    write_examples_dir(tmp_path / "examples")
+    config = fast_config(wordnet_dir=str(tmp_path / "no-wordnet"))
+    with pytest.raises(InputError, match="apt-get install wordnet-base"):
+        features.run_features(examples_dir=str(tmp_path / "examples"), output_dir=str(tmp_path / "f"), config=config, progress=False)
+    assert not list((tmp_path / "f").glob("*.tfrecord-*"))
+
+
+def test_idf_table_is_written_once_and_reused_while_its_inputs_are_unchanged(tmp_path):
+    write_examples_dir(tmp_path / "examples")
+    out = tmp_path / "f"
+    first = features.run_features(examples_dir=str(tmp_path / "examples"), output_dir=str(out), config=fast_config(), progress=False)
+    idf_path = out / features.IDF_TABLE_NAME
+    table = json.loads(idf_path.read_text())
+    assert table["n_documents"] == 18  # the 3 training users' 6 documents; nothing of ud, ue
+    assert not any(f"markerud" in w or f"markerue" in w for w in table["document_frequency"])
+    assert first.manifest["idf_table"]["sha256"] == hashlib.sha256(idf_path.read_bytes()).hexdigest()
+    mtime = idf_path.stat().st_mtime_ns
+    again = features.run_features(examples_dir=str(tmp_path / "examples"), output_dir=str(out), config=fast_config(),
+                                  progress=False, force=True)
+    assert idf_path.stat().st_mtime_ns == mtime and again.manifest["idf_table"] == first.manifest["idf_table"]
