@@ -49,7 +49,7 @@ import posixpath
 import time
 import unicodedata
 import uuid
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -247,10 +247,6 @@ def examples_path(examples_dir: str, split: str) -> str:
 
 def documents_path(examples_dir: str) -> str:
     return posixpath.join(examples_dir, "documents.jsonl.gz")
-
-
-def author_pairs_path(examples_dir: str, split: str) -> str:
-    return posixpath.join(examples_dir, f"author_pairs_{split}.jsonl.gz")
 
 
 def shard_prefix(kind: str, split: str) -> str:
