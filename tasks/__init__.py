@@ -28,6 +28,10 @@ from personalize_t5x.tasks.registry import (  # noqa: F401
     registered_datasets,
     task_name,
     unregister_dataset,
+    AUX_SPLITS,
+    aux_task_name,
+    register_aux_tasks,
+    unregister_aux_tasks,
 )
 from personalize_t5x.tasks.prompts import VARIANTS  # noqa: F401
 

@@ -1,4 +1,4 @@
-"""`personalize-t5x features`: the Beam features stage (ranking features as TFRecords).
+"""`personalize-t5x features`: the Beam features stage (ranking, summary and keyword features as TFRecords).
 
 Flags this command does not know are Beam pipeline options and go to PipelineOptions
 untouched (`--runner=DataflowRunner --project=... --region=...`, `--flink_master=...`),
@@ -41,6 +41,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--one-core-per-worker", action="store_true",
                         help="pin each DirectRunner worker process to a core of its own, so the encoder runs one thread per "
                              "worker and N workers use N cores (multi_processing only)")
+    parser.add_argument("--no-summaries-and-keywords", action="store_true",
+                        help="skip METHOD.md stages 3 and 4 (summary_ctx_ind, keywords_ctx_ind, the weak labels)")
+    parser.add_argument("--summary-ranker", default=None, choices=feature_names.RANKING_STRATEGIES,
+                        help="the ranker whose entries are summarized (default: rank_doc_by_snpt when computed)")
+    parser.add_argument("--summary-budget-chars", type=int, default=600, help="length limit of the extractive SumCtxInd summary")
+    parser.add_argument("--wordnet-dir", default=None,
+                        help="WordNet 3.0 database folder (default: $PERSONALIZE_T5X_WORDNET_DIR, else /usr/share/wordnet, "
+                             "which `apt-get install wordnet-base` fills)")
+    parser.add_argument("--glove-path", default=None,
+                        help="a GloVe text file (e.g. the paper's glove.840B.300d.txt; threshold 4 unless --glove-threshold); "
+                             "default: the packaged glove.6B 50-d vectors (threshold 3.55)")
+    parser.add_argument("--glove-threshold", type=float, default=None, help="Euclidean distance below which two GloVe words match")
+    parser.add_argument("--aux-seed", type=int, default=0, help="seeds which half of the training users the auxiliary models train on")
     parser.add_argument("--force", action="store_true", help="recompute even the splits the manifest marks finished")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("beam_args", nargs="*", help=argparse.SUPPRESS)
@@ -62,7 +75,7 @@ def format_summary(result: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from personalize_t5x.pipeline import features
+    from personalize_t5x.pipeline import features, keywords, summaries
     from personalize_t5x.pipeline.retrieval import ranking
 
     from personalize_t5x.errors import InputError
@@ -93,6 +106,13 @@ def run(args: argparse.Namespace) -> int:
             direct_running_mode=args.direct_running_mode,
             one_core_per_worker=args.one_core_per_worker,
             pipeline_args=tuple(beam_args),
+            summaries_and_keywords=not args.no_summaries_and_keywords,
+            summary_ranker=args.summary_ranker,
+            summary=summaries.SummaryConfig(budget_chars=args.summary_budget_chars),
+            keywords=keywords.KeywordConfig(glove_threshold=args.glove_threshold),
+            wordnet_dir=args.wordnet_dir,
+            glove_path=args.glove_path,
+            aux_seed=args.aux_seed,
         )
     result = features.run_features(examples_dir=args.examples_dir, output_dir=args.output_dir, config=config,
                                    force=args.force, progress=not args.no_progress)

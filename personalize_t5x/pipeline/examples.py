@@ -29,6 +29,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import gc
+import glob
 import hashlib
 import math
 import operator
@@ -609,6 +610,7 @@ def write_examples(result: ExamplesResult, output_dir: str | os.PathLike) -> Non
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         futures = [pool.submit(io_lib.write_jsonl, os.path.join(output_dir, name), records)
                    for name, records in jobs.items()]
+        futures += [pool.submit(write_author_pair_records, output_dir, split, result.author_pairs[split]) for split in SPLITS]
         for future in futures:
             future.result()
     write_finished_marker(output_dir, result.stats)
@@ -620,6 +622,36 @@ def write_finished_marker(output_dir: str | os.PathLike, stats: dict[str, Any]) 
     output_dir = os.fspath(output_dir)
     stats["files"] = {name: _file_fingerprint(os.path.join(output_dir, name)) for name in OUTPUT_FILES}
     io_lib.write_json(os.path.join(output_dir, STATS_FILE), stats)
+
+
+AUTHOR_PAIRS_PER_SHARD = 50_000
+
+
+def author_pair_shard_names(split: str, n_pairs: int) -> list[str]:
+    count = max(1, -(-n_pairs // AUTHOR_PAIRS_PER_SHARD))
+    return [f"author_pairs_{split}.tfrecord-{i:05d}-of-{count:05d}" for i in range(count)]
+
+
+def write_author_pair_records(output_dir: str | os.PathLike, split: str, pairs: Sequence[dict[str, Any]]) -> list[str]:
+    """The author pairs' final form: tf.train.Examples (text_a, text_b, label), the
+    records the author-distinction task reads, in file order, in shards of
+    AUTHOR_PAIRS_PER_SHARD. The features stage copies them as they are."""
+    from personalize_t5x import feature_names
+    from personalize_t5x.io import tfrecords
+
+    output_dir = os.fspath(output_dir)
+    names = author_pair_shard_names(split, len(pairs))
+    for index, name in enumerate(names):
+        chunk = pairs[index * AUTHOR_PAIRS_PER_SHARD:(index + 1) * AUTHOR_PAIRS_PER_SHARD]
+        records = (tfrecords.serialize_bytes_example({k: pair[k].encode("utf-8") for k in feature_names.AUTHOR_PAIR_FEATURES})
+                   for pair in chunk)
+        with io_lib.atomic_output(os.path.join(output_dir, name), "wb") as f:
+            for record in records:
+                f.write(tfrecords.frame_record(record))
+    for stale in glob.glob(os.path.join(glob.escape(output_dir), f"author_pairs_{split}.tfrecord-*")):
+        if os.path.basename(stale) not in names:  # shards of an earlier run with another count
+            os.remove(stale)
+    return names
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:

@@ -6,9 +6,15 @@ groups them (CoGroupByKey), and for each user calls
 embedding cache per user, shared by all of that user's examples. The sentence encoder
 is loaded once per worker (DoFn.setup), never per element.
 
+For each user it then computes stages 3 and 4 (docs/summaries_and_keywords.md):
+`summary_and_keyword_fields` over the summary ranker's entries, with the same embedding cache.
+
 Outputs, in `output_dir` (names from personalize_t5x/feature_names.py):
   <split>.tfrecord-SSSSS-of-NNNNN               one tf.train.Example per example
-  author_pairs_<split>.tfrecord-SSSSS-of-NNNNN  text_a, text_b, label
+  author_pairs_<split>.tfrecord-SSSSS-of-NNNNN  text_a, text_b, label (copied as the examples
+                                                stage wrote them: no Beam pass)
+  idf_train.json                                the training split's IDF table, computed
+                                                once (before the pipeline) per input fingerprint
   features_report.json                          counters: what was read, skipped, odd
   manifest.json                                 written last; lists every shard with its
                                                 size and sha256, per split
@@ -43,9 +49,10 @@ import posixpath
 import time
 import unicodedata
 import uuid
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -56,15 +63,19 @@ from personalize_t5x import feature_names
 from personalize_t5x.io import files as io_lib
 from personalize_t5x.io import tfrecords
 from personalize_t5x.errors import InputError, StageReport
-from personalize_t5x.pipeline.corpus.records import Document, document_from_json
-from personalize_t5x.pipeline.retrieval import ranking
+from personalize_t5x.pipeline import keywords as keywords_lib
+from personalize_t5x.pipeline import lexicons
+from personalize_t5x.pipeline import summaries as summaries_lib
+from personalize_t5x.pipeline.corpus.records import Document, Example, document_from_json, example_from_json, join_title_and_text
+from personalize_t5x.pipeline.retrieval import encoders, ranking
 
 _LOG = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "personalize_t5x.pipeline.features"
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "features_report.json"
-MANIFEST_VERSION = 1
+IDF_TABLE_NAME = "idf_train.json"
+MANIFEST_VERSION = 2
 
 # Strategies that need the sentence encoder; the others never load it.
 DENSE_STRATEGIES = frozenset({"rank_doc_dense", "rank_snippet", "rank_doc_by_snpt"})
@@ -96,6 +107,19 @@ class FeaturesConfig:
         workers use N cores; only with direct_running_mode="multi_processing".
       pipeline_args: extra Beam flags (e.g. "--runner=DataflowRunner", "--project=..."),
         passed to PipelineOptions untouched.
+      summaries_and_keywords: compute METHOD.md stages 3 and 4 (docs/summaries_and_keywords.md):
+        summary_ctx_ind and keywords_ctx_ind for every split, the SumCtx/SynCtx weak labels
+        and aux_half for the training split. Needs the sentence encoder and, for the
+        training split, WordNet and GloVe.
+      summary_ranker: the ranker whose entries are summarized (None: rank_doc_by_snpt when
+        computed, else the computed ranker latest in the paper's table).
+      summary: SumCtxInd's mode and budget (summaries.SummaryConfig).
+      summarize: the abstractive mode's batch summarizer (texts -> summaries), injected by
+        the command layer (e.g. over a user's T5 checkpoint); picklable.
+      keywords: the keyword rules (keywords.KeywordConfig).
+      wordnet_dir: WordNet 3.0's folder (None: $PERSONALIZE_T5X_WORDNET_DIR or /usr/share/wordnet).
+      glove_path: a GloVe text file (None: the packaged glove.6B 50-d vectors).
+      aux_seed: seeds the split of the training users into the auxiliary models' half.
     """
 
     strategies: tuple[str, ...] = feature_names.RANKING_STRATEGIES
@@ -110,6 +134,14 @@ class FeaturesConfig:
     direct_running_mode: str = "multi_processing"
     one_core_per_worker: bool = False
     pipeline_args: tuple[str, ...] = ()
+    summaries_and_keywords: bool = True
+    summary_ranker: str | None = None
+    summary: summaries_lib.SummaryConfig = dataclasses.field(default_factory=summaries_lib.SummaryConfig)
+    summarize: Callable[[Sequence[str]], Sequence[str]] | None = None
+    keywords: keywords_lib.KeywordConfig = dataclasses.field(default_factory=keywords_lib.KeywordConfig)
+    wordnet_dir: str | None = None
+    glove_path: str | None = None
+    aux_seed: int = 0
 
     def __post_init__(self):
         strategies = tuple(self.strategies)
@@ -140,10 +172,31 @@ class FeaturesConfig:
         if self.encoder_factory is not None and not callable(self.encoder_factory):
             raise ValueError("encoder_factory: expected a callable")
         object.__setattr__(self, "pipeline_args", tuple(self.pipeline_args))
+        if self.summary_ranker is None:
+            # The paper's rows build on the best ranker: RankDocBySnpt when computed, else
+            # the computed ranker latest in the paper's table.
+            preferred = "rank_doc_by_snpt" if "rank_doc_by_snpt" in self.strategies else self.strategies[-1]
+            object.__setattr__(self, "summary_ranker", preferred)
+        if self.summaries_and_keywords and self.summary_ranker not in self.strategies:
+            raise ValueError(f"summary_ranker: {self.summary_ranker!r} is not among the computed strategies {self.strategies}; "
+                             "the summaries and keywords are built over its entries")
+        if self.summary.mode == "abstractive" and self.summarize is None:
+            raise ValueError("summary.mode='abstractive' needs a summarize function (texts -> summaries), "
+                             "e.g. one over a T5 summarization checkpoint built by the command layer")
+        if self.summarize is not None and not callable(self.summarize):
+            raise ValueError("summarize: expected a callable")
 
     @property
     def needs_encoder(self) -> bool:
-        return any(s in DENSE_STRATEGIES for s in self.strategies)
+        return self.summaries_and_keywords or any(s in DENSE_STRATEGIES for s in self.strategies)
+
+    def lexicon_identity(self) -> dict[str, Any]:
+        """What the SynCtx weak labels' word matching depends on (cheap: no lexicon loaded)."""
+        keywords = self.keywords
+        return {
+            "wordnet": lexicons.wordnet_fingerprint(self.wordnet_dir) if keywords.use_wordnet else None,
+            "glove": (self.glove_path or lexicons.GLOVE_PIP) if keywords.use_glove else None,
+        }
 
     def encoder_identity(self) -> str | None:
         if not self.needs_encoder:
@@ -164,6 +217,14 @@ class FeaturesConfig:
             "num_shards": self.num_shards,
             "examples_per_shard": self.examples_per_shard,
             "package_version": personalize_t5x.__version__,
+            "summaries_and_keywords": {
+                "summary_ranker": self.summary_ranker,
+                "summary": dataclasses.asdict(self.summary),
+                "summarize": None if self.summarize is None else str(getattr(self.summarize, "fingerprint", None) or getattr(self.summarize, "__qualname__", type(self.summarize).__qualname__)),
+                "keywords": dataclasses.asdict(self.keywords),
+                "lexicons": self.lexicon_identity(),
+                "aux_seed": self.aux_seed,
+            } if self.summaries_and_keywords else None,
         }
 
 
@@ -187,10 +248,6 @@ def examples_path(examples_dir: str, split: str) -> str:
 
 def documents_path(examples_dir: str) -> str:
     return posixpath.join(examples_dir, "documents.jsonl.gz")
-
-
-def author_pairs_path(examples_dir: str, split: str) -> str:
-    return posixpath.join(examples_dir, f"author_pairs_{split}.jsonl.gz")
 
 
 def shard_prefix(kind: str, split: str) -> str:
@@ -256,51 +313,10 @@ def parse_document_line(path: str, number: int, line: bytes) -> tuple[Document |
     return document, notes
 
 
-_EXAMPLE_STRING_FIELDS = ("example_id", "user_id", "split", "doc_id", "immediate_context", "target")
-
-
-def parse_example_line(path: str, number: int, line: bytes, *, split: str) -> dict[str, Any]:
-    """One <split>.jsonl line -> a validated Example dict, or a located InputError."""
-    obj = _decode_json_line(path, number, line)
-    if not isinstance(obj, dict):
-        raise InputError(path, number, "<record>", f"expected a JSON object, got {type(obj).__name__}")
-    example: dict[str, Any] = {}
-    for field in _EXAMPLE_STRING_FIELDS:
-        value = obj.get(field)
-        if not isinstance(value, str):
-            raise InputError(path, number, field, "missing" if value is None else f"expected a string, got {type(value).__name__}")
-        example[field] = value
-    for field in ("example_id", "user_id", "doc_id"):
-        if not example[field].strip():
-            raise InputError(path, number, field, "empty")
-    if example["split"] != split:
-        raise InputError(path, number, "split", f"{example['split']!r} in the file of split {split!r}")
-    timestamp = obj.get("timestamp")
-    if isinstance(timestamp, bool) or not isinstance(timestamp, int):
-        raise InputError(path, number, "timestamp", f"expected an integer, got {timestamp!r}")
-    example["timestamp"] = timestamp
-    title = obj.get("title", "")
-    example["title"] = title if isinstance(title, str) else ""
-    profile = obj.get("profile")
-    if not isinstance(profile, list) or not all(isinstance(p, str) for p in profile):
-        raise InputError(path, number, "profile", "expected a list of document ids")
-    example["profile"] = list(profile)
-    return example
-
-
-def parse_author_pair_line(path: str, number: int, line: bytes) -> dict[str, str]:
-    obj = _decode_json_line(path, number, line)
-    if not isinstance(obj, dict):
-        raise InputError(path, number, "<record>", f"expected a JSON object, got {type(obj).__name__}")
-    pair = {}
-    for field in feature_names.AUTHOR_PAIR_FEATURES:
-        value = obj.get(field)
-        if not isinstance(value, str):
-            raise InputError(path, number, field, "missing" if value is None else f"expected a string, got {type(value).__name__}")
-        pair[field] = value
-    if pair[feature_names.LABEL] not in ("true", "false"):
-        raise InputError(path, number, feature_names.LABEL, f"expected 'true' or 'false', got {pair[feature_names.LABEL]!r}")
-    return pair
+def parse_example_line(path: str, number: int, line: bytes) -> Example:
+    """One <split>.jsonl line of the examples stage -> its Example record, trusted as written
+    (the stage's output is fingerprinted); a line that is not one is a located InputError."""
+    return example_from_json(_decode_json_line(path, number, line), path=path, line=number)
 
 
 class _WorkerDoFn(beam.DoFn):
@@ -334,36 +350,19 @@ class _ReadDocumentsFn(_WorkerDoFn):
 
 
 class _ReadExamplesFn(_WorkerDoFn):
-    """(path, split) -> (user_id, example dict); bad lines are logged, skipped and counted."""
+    """(path, split) -> (user_id, Example); lines that are no Example are logged, skipped, counted."""
 
     def process(self, element):
         path, split = element
         for number, line in _read_numbered_lines(path):
             try:
-                example = parse_example_line(path, number, line, split=split)
+                example = parse_example_line(path, number, line)
             except InputError as error:
                 _LOG.warning("skipped: %s", error)
                 _counter("examples_bad_skipped").inc()
                 continue
             _counter(f"examples_read.{split}").inc()
-            yield example["user_id"], example
-
-
-class _ReadAuthorPairsFn(_WorkerDoFn):
-    """(path, split) -> (split, (sort key, pair)); bad lines are logged, skipped and counted."""
-
-    def process(self, element):
-        path, split = element
-        for number, line in _read_numbered_lines(path):
-            try:
-                pair = parse_author_pair_line(path, number, line)
-            except InputError as error:
-                _LOG.warning("skipped: %s", error)
-                _counter("author_pairs_bad_skipped").inc()
-                continue
-            _counter(f"author_pairs_read.{split}").inc()
-            # The line number orders the pairs inside a shard, as in the input file.
-            yield split, (f"{number:012d}", pair)
+            yield example.user_id, example
 
 
 # ---------------------------------------------------------------------------- ranking
@@ -380,95 +379,128 @@ def load_encoder(config: FeaturesConfig) -> Any:
     return encoders.SentenceEncoder.from_pretrained(config.encoder_path or encoders.default_encoder_path())
 
 
-def clean_user_inputs(
-    documents: Iterable[Document], examples: Iterable[dict[str, Any]]
-) -> tuple[list[Document], list[dict[str, Any]], dict[str, int]]:
-    """Orders one user's records and makes every profile safe to rank.
+@dataclasses.dataclass
+class SummaryResources:
+    """What stages 3 and 4 read besides one user's data, loaded once per worker."""
 
-    Returns documents sorted by (timestamp, doc_id), examples sorted by (timestamp,
-    example_id) with profiles restricted to known documents strictly earlier than the
-    example (defence against hand-made files: ranking must never see the future), and
-    counts of what was removed.
+    idf: keywords_lib.IdfTable
+    matcher: keywords_lib.WordMatcher | None  # None when no training example is computed
+
+
+def load_summary_resources(config: FeaturesConfig, *, idf: keywords_lib.IdfTable, with_weak_labels: bool) -> SummaryResources:
+    matcher = None
+    if with_weak_labels:
+        keywords = config.keywords
+        matcher = keywords_lib.WordMatcher(
+            wordnet=lexicons.WordNet(config.wordnet_dir) if keywords.use_wordnet else None,
+            glove=lexicons.load_glove(config.glove_path) if keywords.use_glove else None,
+            glove_threshold=keywords.glove_threshold)
+    return SummaryResources(idf, matcher)
+
+
+def aux_half_of(user_id: str, seed: int) -> str:
+    """The half of the training users a user is in ("aux" or "generation"): a seeded hash
+    of the user id, so it needs no list of all users and never depends on other users."""
+    digest = hashlib.blake2b(f"{seed}\x00aux_half\x00{user_id}".encode(), digest_size=8).digest()
+    return feature_names.AUX_HALVES[digest[0] & 1]
+
+
+def summary_and_keyword_fields(
+    documents: Sequence[Document],
+    results: Sequence[tuple[Example, dict[str, ranking.Ranking]]],
+    *,
+    cache: Any,
+    resources: SummaryResources,
+    config: FeaturesConfig,
+) -> list[dict[str, str]]:
+    """Stages 3 and 4 for one user's ranked examples: the features of WEAK_LABEL_FEATURES
+    and SUMMARY_AND_KEYWORD_FEATURES (context-dependent ones empty: the auxiliary models'
+    predictions are joined in later). Weak labels only for training examples.
+
+    `cache` is the user's EmbeddingCache (the rankers' snippets are already in it).
     """
-    counts: dict[str, int] = {}
+    texts = {d.doc_id: join_title_and_text(d.title, d.text) for d in documents}
+    ranking_config = config.ranking
+    per_example = []
+    wanted: list[str] = []
+    for example, rankings in results:
+        entries = rankings[config.summary_ranker].entries
+        snippets = summaries_lib.entry_snippets([e.text for e in entries], max_chars=ranking_config.max_chars,
+                                                separator=ranking_config.separator, snippet_chars=ranking_config.snippet_chars)
+        is_train = example.split == "train"
+        targets = summaries_lib.target_snippets(example.target, snippet_chars=ranking_config.snippet_chars) if is_train else []
+        per_example.append((snippets, targets))
+        wanted.extend(snippets)
+        wanted.extend(targets)
+    vectors = cache.encode(wanted) if wanted else None
+    abstractive: list[str] | None = None
+    if config.summary.mode == "abstractive":
+        abstractive = list(config.summarize([rankings[config.summary_ranker].text for _, rankings in results]))
+    fields = []
+    offset = 0
+    for index, ((example, rankings), (snippets, targets)) in enumerate(zip(results, per_example)):
+        entry_vectors = vectors[offset:offset + len(snippets)] if snippets else np.zeros((0, 1), np.float32)
+        offset += len(snippets)
+        target_vectors = vectors[offset:offset + len(targets)] if targets else np.zeros((0, 1), np.float32)
+        offset += len(targets)
+        keywords = config.keywords
+        out = {name: "" for name in (*feature_names.SUMMARY_AND_KEYWORD_FEATURES, *feature_names.WEAK_LABEL_FEATURES)}
+        out[feature_names.SUMMARY_CTX_IND] = (abstractive[index] if abstractive is not None
+                                              else summaries_lib.extractive_summary(snippets, entry_vectors, config.summary))
+        out[feature_names.KEYWORDS_CTX_IND] = keywords.separator.join(keywords_lib.context_independent_keywords(
+            (texts[d] for d in example.profile), resources.idf, keywords))
+        if example.split == "train":
+            out[feature_names.AUX_HALF] = aux_half_of(example.user_id, config.aux_seed)
+            out[feature_names.SUMMARY_CTX_WEAK_LABEL] = summaries_lib.weak_label_summary(
+                target_vectors, snippets, entry_vectors, config.summary)
+            out[feature_names.KEYWORDS_CTX_WEAK_LABEL] = keywords.separator.join(keywords_lib.context_dependent_keywords(
+                example.target, rankings[config.summary_ranker].text, resources.idf, resources.matcher, keywords))
+        fields.append(out)
+    return fields
 
-    def count(name: str, n: int = 1) -> None:
-        if n:
-            counts[name] = counts.get(name, 0) + n
 
-    documents = sorted(documents, key=lambda d: (d.timestamp, d.doc_id))
-    by_id: dict[str, Document] = {}
-    for document in documents:
-        if document.doc_id in by_id:
-            count("documents_duplicate_id_dropped")
-            continue
-        by_id[document.doc_id] = document
-    documents = list(by_id.values())
-    cleaned = []
-    for example in sorted(examples, key=lambda e: (e["timestamp"], e["example_id"])):
-        profile = []
-        seen: set[str] = set()
-        for doc_id in example["profile"]:
-            document = by_id.get(doc_id)
-            if document is None:
-                count("profile_ids_unknown_dropped")
-            elif document.timestamp >= example["timestamp"] or doc_id == example["doc_id"]:
-                count("profile_ids_not_earlier_dropped")
-            elif doc_id in seen:
-                count("profile_ids_duplicate_dropped")
-            else:
-                seen.add(doc_id)
-                profile.append(doc_id)
-        if not example["profile"]:
-            count("examples_with_empty_profile")
-        elif not profile:
-            count("examples_with_profile_emptied_by_cleaning")
-        cleaned.append({**example, "profile": profile})
-    return documents, cleaned, counts
-
-
-def serialize_generation_example(example: dict[str, Any], ranked_texts: dict[str, str]) -> bytes:
+def serialize_generation_example(example: Example, ranked_texts: dict[str, str], summary_fields: dict[str, str] | None = None) -> bytes:
     """One tf.train.Example with every name of GENERATION_TEXT_FEATURES (bytes, UTF-8)."""
     values = {
-        feature_names.EXAMPLE_ID: example["example_id"],
-        feature_names.USER_ID: example["user_id"],
-        feature_names.DOC_ID: example["doc_id"],
-        feature_names.SPLIT: example["split"],
-        feature_names.IMMEDIATE_CONTEXT: example["immediate_context"],
-        feature_names.TARGET: example["target"],
+        feature_names.EXAMPLE_ID: example.example_id,
+        feature_names.USER_ID: example.user_id,
+        feature_names.DOC_ID: example.doc_id,
+        feature_names.SPLIT: example.split,
+        feature_names.IMMEDIATE_CONTEXT: example.immediate_context,
+        feature_names.TARGET: example.target,
     }
     for strategy in feature_names.RANKING_STRATEGIES:
         values[feature_names.ranked_text_feature(strategy)] = ranked_texts.get(strategy, "")
-    for name in feature_names.SUMMARY_AND_KEYWORD_FEATURES:
-        values[name] = ""  # filled by the summary/keyword stage
+    for name in (*feature_names.SUMMARY_AND_KEYWORD_FEATURES, *feature_names.WEAK_LABEL_FEATURES):
+        values[name] = (summary_fields or {}).get(name, "")
     assert tuple(values) == feature_names.GENERATION_TEXT_FEATURES
     return tfrecords.serialize_bytes_example({k: v.encode("utf-8") for k, v in values.items()})
-
-
-def serialize_author_pair(pair: dict[str, str]) -> bytes:
-    return tfrecords.serialize_bytes_example({k: pair[k].encode("utf-8") for k in feature_names.AUTHOR_PAIR_FEATURES})
-
-
-def _serialize_keyed_pair(element):
-    split, (key, pair) = element
-    return split, (key, serialize_author_pair(pair))
 
 
 class RankUserFn(_WorkerDoFn):
     """(user_id, {"documents": [...], "examples": [...]}) -> (split, (example_id, tf.Example bytes)).
 
-    The encoder is loaded once per worker in setup(); each user gets one call of
-    rank_user_examples, so its BM25 index and embedding cache serve all its examples.
+    The encoder (and, for stages 3 and 4, the IDF table, WordNet and GloVe) is loaded once
+    per worker in setup(); each user gets one call of rank_user_examples and one of
+    summary_and_keyword_fields, sharing one EmbeddingCache, so the rankers' snippet
+    vectors serve the summaries too. Inputs are the examples stage's fingerprinted output,
+    used as written.
     """
 
-    def __init__(self, config: FeaturesConfig):
+    def __init__(self, config: FeaturesConfig, *, idf_path: str | None = None, with_weak_labels: bool = False):
         super().__init__(config.one_core_per_worker)
         self._config = config
+        self._idf_path = idf_path
+        self._with_weak_labels = with_weak_labels
         self._encoder = None
+        self._resources = None
 
     def setup(self) -> None:
         super().setup()  # before the encoder brings in JAX
         self._encoder = load_encoder(self._config)
+        if self._config.summaries_and_keywords:
+            self._resources = load_summary_resources(self._config, idf=read_idf_artifact(self._idf_path),
+                                                     with_weak_labels=self._with_weak_labels)
         self._users_done = self._examples_done = 0
         self._last_log = time.monotonic()
 
@@ -476,28 +508,33 @@ class RankUserFn(_WorkerDoFn):
         user_id, grouped = element
         examples = list(grouped["examples"])
         if examples:  # users without examples in the requested splits have nothing to rank
-            yield from self._rank_user(grouped["documents"], examples)
+            yield from self._rank_user(list(grouped["documents"]), examples)
 
     def _rank_user(self, documents, examples):
-        documents, examples, counts = clean_user_inputs(documents, examples)
-        for name, n in counts.items():
-            _counter(name).inc(n)
         if not documents:
             _counter("users_without_documents").inc()
         _counter("users").inc()
+        cache = encoders.EmbeddingCache(self._encoder, batch_size=self._config.ranking.batch_size) if self._encoder is not None else None
         results = ranking.rank_user_examples(
             documents,
             examples,
-            encoder=self._encoder,
+            encoder=cache,
             config=self._config.ranking,
             strategies=self._config.strategies,
         )
-        for example, rankings in results:
+        fields: list[dict[str, str] | None] = [None] * len(results)
+        if self._config.summaries_and_keywords:
+            fields = summary_and_keyword_fields(documents, results, cache=cache, resources=self._resources, config=self._config)
+        for (example, rankings), summary_fields in zip(results, fields):
             ranked_texts = {strategy: rankings[strategy].text for strategy in self._config.strategies}
             if all(not text for text in ranked_texts.values()):
                 _counter("examples_with_empty_ranked_texts").inc()
-            _counter(f"examples_written.{example['split']}").inc()
-            yield example["split"], (example["example_id"], serialize_generation_example(example, ranked_texts))
+            if summary_fields is not None:
+                for name in (*feature_names.SUMMARY_AND_KEYWORD_FEATURES, feature_names.SUMMARY_CTX_WEAK_LABEL, feature_names.KEYWORDS_CTX_WEAK_LABEL):
+                    if not summary_fields[name] and (example.split == "train" or name in (feature_names.SUMMARY_CTX_IND, feature_names.KEYWORDS_CTX_IND)):
+                        _counter(f"examples_with_empty_{name}.{example.split}").inc()
+            _counter(f"examples_written.{example.split}").inc()
+            yield example.split, (example.example_id, serialize_generation_example(example, ranked_texts, summary_fields))
         self._users_done += 1
         self._examples_done += len(results)
         now = time.monotonic()
@@ -564,8 +601,14 @@ def _write_sharded(records: beam.PCollection, *, kind: str, output_dir: str, con
     )
 
 
-def build_pipeline(pipeline: beam.Pipeline, *, examples_dir: str, output_dir: str, splits: Sequence[str], config: FeaturesConfig) -> None:
-    """Adds the features stage for `splits` to `pipeline` (reads, ranks, writes)."""
+def build_pipeline(pipeline: beam.Pipeline, *, examples_dir: str, output_dir: str, splits: Sequence[str], config: FeaturesConfig,
+                   idf_path: str | None = None) -> None:
+    """Adds the features stage for `splits` to `pipeline` (reads, ranks, summarizes, writes).
+
+    `idf_path`: the training split's IDF table (`write_idf_artifact`), needed when
+    config.summaries_and_keywords. Author pairs are not part of the pipeline: the examples
+    stage wrote them in their final form (`copy_author_pairs`).
+    """
     documents = (
         pipeline
         | "DocumentPaths" >> beam.Create([documents_path(examples_dir)])
@@ -579,16 +622,90 @@ def build_pipeline(pipeline: beam.Pipeline, *, examples_dir: str, output_dir: st
     ranked = (
         {"documents": documents, "examples": examples}
         | "GroupByUser" >> beam.CoGroupByKey()
-        | "RankUsers" >> beam.ParDo(RankUserFn(config)).with_output_types(Any)
+        | "RankUsers" >> beam.ParDo(RankUserFn(config, idf_path=idf_path, with_weak_labels="train" in splits)).with_output_types(Any)
     )
     _write_sharded(ranked, kind="examples", output_dir=output_dir, config=config, label="Examples")
-    pairs = (
-        pipeline
-        | "AuthorPairPaths" >> beam.Create([(author_pairs_path(examples_dir, s), s) for s in splits])
-        | "ReadAuthorPairs" >> beam.ParDo(_ReadAuthorPairsFn(config.one_core_per_worker))
-        | "SerializeAuthorPairs" >> beam.Map(_serialize_keyed_pair).with_output_types(Any)
-    )
-    _write_sharded(pairs, kind="author_pairs", output_dir=output_dir, config=config, label="AuthorPairs")
+
+
+# ---------------------------------------------------------------------------- author pairs
+
+
+def author_pair_shard_paths(examples_dir: str, split: str) -> list[str]:
+    """The author-pair TFRecord shards the examples stage wrote for `split`."""
+    pattern = posixpath.join(examples_dir, f"{shard_prefix('author_pairs', split)}.tfrecord-*")
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def copy_author_pairs(examples_dir: str, output_dir: str, split: str) -> None:
+    """Copies the split's author-pair shards (final form, written by the examples stage)."""
+    sources = author_pair_shard_paths(examples_dir, split)
+    if not sources:
+        raise InputError(posixpath.join(examples_dir, f"author_pairs_{split}.tfrecord-*"), 0, "<file>",
+                         "no author-pair shards: rebuild the examples folder with this version (`personalize-t5x examples build`)")
+    for source in sources:
+        name = posixpath.basename(source)
+        temp_path = posixpath.join(output_dir, f".tmp-{uuid.uuid4().hex}-{name}")
+        FileSystems.copy([source], [temp_path])
+        FileSystems.rename([temp_path], [posixpath.join(output_dir, name)])
+
+
+# ---------------------------------------------------------------------------- IDF table
+
+
+def training_document_texts(examples_dir: str) -> Iterator[str]:
+    """title + "\n" + text of every document a training example reads (target or profile
+    entry), each once: the documents the IDF table is computed over."""
+    wanted: set[str] = set()
+    path = examples_path(examples_dir, "train")
+    for number, line in _read_numbered_lines(path):
+        try:
+            example = parse_example_line(path, number, line)
+        except InputError:
+            continue  # the pipeline's reader skips, logs and counts the same line
+        wanted.add(example.doc_id)
+        wanted.update(example.profile)
+    for number, line in _read_numbered_lines(documents_path(examples_dir)):
+        obj = _decode_json_line(documents_path(examples_dir), number, line)
+        if isinstance(obj, dict) and obj.get("doc_id") in wanted:
+            yield join_title_and_text(obj.get("title") or "", obj.get("text") or "")
+
+
+def idf_input_fingerprint(examples_dir: str, file_hashes: dict[str, tuple[str, int]]) -> str:
+    digest = hashlib.sha256(f"idf v{keywords_lib.IDF_TABLE_VERSION};{keywords_lib.KEYWORD_TOKENIZER_NAME};".encode())
+    for path in (documents_path(examples_dir), examples_path(examples_dir, "train")):
+        if path not in file_hashes:
+            if not _exists(path):
+                raise InputError(path, 0, "<file>", "no such file")
+            file_hashes[path] = _sha256_of(path)
+        file_hash, size = file_hashes[path]
+        digest.update(f"{posixpath.basename(path)}:{size}:{file_hash};".encode())
+    return digest.hexdigest()
+
+
+def write_idf_artifact(examples_dir: str, output_dir: str, manifest: dict[str, Any], file_hashes: dict[str, tuple[str, int]]) -> tuple[str, str]:
+    """The training split's IDF table as `<output_dir>/idf_train.json`, computed once:
+    reused while its inputs' fingerprint (documents + training examples) is unchanged.
+    Returns (path, the table's sha256); the manifest's "idf_table" entry records both."""
+    path = posixpath.join(output_dir, IDF_TABLE_NAME)
+    inputs = idf_input_fingerprint(examples_dir, file_hashes)
+    entry = manifest.get("idf_table") or {}
+    if entry.get("inputs") == inputs and _exists(path) and _sha256_of(path)[0] == entry.get("sha256"):
+        return path, entry["sha256"]
+    table = keywords_lib.build_idf_table(training_document_texts(examples_dir))
+    _write_json(path, table.to_json())
+    file_hash, size = _sha256_of(path)
+    manifest["idf_table"] = {"file": IDF_TABLE_NAME, "inputs": inputs, "sha256": file_hash, "bytes": size,
+                             "n_documents": table.n_documents, "tokenizer": keywords_lib.KEYWORD_TOKENIZER_NAME,
+                             "stopwords": lexicons.STOPWORDS_NAME}
+    return path, file_hash
+
+
+def read_idf_artifact(path: str | None) -> keywords_lib.IdfTable:
+    if path is None:
+        raise ValueError("the summaries and keywords need the training split's IDF table (idf_path)")
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        obj = json.loads(f.read().decode("utf-8"))
+    return keywords_lib.IdfTable(int(obj["n_documents"]), obj["document_frequency"])
 
 
 def pipeline_options(config: FeaturesConfig) -> PipelineOptions:
@@ -633,14 +750,17 @@ def _list_shards(output_dir: str, prefix: str) -> list[str]:
     return sorted(posixpath.basename(m.path) for m in matches)
 
 
-def input_fingerprint(examples_dir: str, split: str, config: FeaturesConfig, *, file_hashes: dict[str, tuple[str, int]] | None = None) -> str:
-    """sha256 over the configuration and the bytes of every input the split depends on.
+def input_fingerprint(examples_dir: str, split: str, config: FeaturesConfig, *, file_hashes: dict[str, tuple[str, int]] | None = None,
+                      idf_sha256: str | None = None) -> str:
+    """sha256 over the configuration and the bytes of every input the split depends on
+    (documents, the split's examples and author-pair shards, the IDF table's bytes).
 
     `file_hashes` caches (sha256, size) per path across splits (documents are shared).
     """
     file_hashes = {} if file_hashes is None else file_hashes
     digest = hashlib.sha256(json.dumps(config.fingerprint_dict(), sort_keys=True).encode())
-    for path in (documents_path(examples_dir), examples_path(examples_dir, split), author_pairs_path(examples_dir, split)):
+    digest.update(f"idf:{idf_sha256};".encode())
+    for path in (documents_path(examples_dir), examples_path(examples_dir, split), *author_pair_shard_paths(examples_dir, split)):
         if path not in file_hashes:
             if not _exists(path):
                 raise InputError(path, 0, "<file>", "no such file")
@@ -790,8 +910,13 @@ def run_features(*, examples_dir: str, output_dir: str, config: FeaturesConfig, 
     todo: list[str] = []
     skipped: list[str] = []
     file_hashes: dict[str, tuple[str, int]] = {}
+    idf_path = idf_sha256 = None
+    if config.summaries_and_keywords:
+        # Training documents only, whatever splits are computed: validation and test read
+        # the training table, so nothing about them enters it.
+        idf_path, idf_sha256 = write_idf_artifact(examples_dir, output_dir, manifest, file_hashes)
     for split in tqdm(config.splits, desc="features: checking inputs and finished outputs", disable=not progress, unit="split"):
-        fingerprints[split] = input_fingerprint(examples_dir, split, config, file_hashes=file_hashes)
+        fingerprints[split] = input_fingerprint(examples_dir, split, config, file_hashes=file_hashes, idf_sha256=idf_sha256)
         if not force and split_is_finished(output_dir, split, manifest["splits"].get(split), fingerprints[split]):
             skipped.append(split)
         else:
@@ -814,10 +939,12 @@ def run_features(*, examples_dir: str, output_dir: str, config: FeaturesConfig, 
     _LOG.info("features: computing splits %s into %s", todo, output_dir)
     options = pipeline_options(config)
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, examples_dir=examples_dir, output_dir=output_dir, splits=todo, config=config)
+    build_pipeline(pipeline, examples_dir=examples_dir, output_dir=output_dir, splits=todo, config=config, idf_path=idf_path)
     result = pipeline.run()
     _wait_with_progress(result, progress=progress)
     counters = _collect_counters(result)
+    for split in todo:
+        copy_author_pairs(examples_dir, output_dir, split)
 
     for split in tqdm(todo, desc="features: hashing shards", disable=not progress, unit="split"):
         files: dict[str, Any] = {}

@@ -272,3 +272,37 @@ def render_tf(layout: Layout, features: Mapping[str, Any]) -> dict[str, Any]:
         rest = tf.strings.substr(targets, n, length - n)
         targets = tf.where(has_start, rest, targets)
     return {"inputs": inputs, "targets": targets}
+
+
+# --------------------------------------------------------------- auxiliary models (stages 3, 4)
+
+# The SumCtx and SynCtx models (METHOD.md stages 3 and 4): T5 trained on the weak labels
+# of the auxiliary half of the training users, reading the immediate context and the
+# summary ranker's entries. Their predictions become `summary_ctx` and `keywords_ctx`.
+AUX_MODELS = ("sum_ctx", "syn_ctx")
+AUX_SUM_CTX_INSTRUCTION = "Summarize the past passages for the passage start"
+AUX_SYN_CTX_INSTRUCTION = "List the important words of the past passages for the passage start"
+AUX_TARGET_FEATURES = {"sum_ctx": fn.SUMMARY_CTX_WEAK_LABEL, "syn_ctx": fn.KEYWORDS_CTX_WEAK_LABEL}
+# The generation feature each auxiliary model's predictions fill.
+AUX_PREDICTED_FEATURES = {"sum_ctx": fn.SUMMARY_CTX, "syn_ctx": fn.KEYWORDS_CTX}
+
+
+def aux_layout(model: str, *, summary_ranker: str = DEFAULT_SUMMARY_RANKER) -> Layout:
+    """The input layout of one auxiliary model:
+
+        Summarize the past passages for the passage start. passage start: <immediate
+        context> past passages: <ranked entries>            -> the SumCtx weak label
+        List the important words of the past passages for the passage start. passage
+        start: <immediate context> past passages: <ranked entries> -> the SynCtx weak label
+    """
+    if model not in AUX_MODELS:
+        raise ValueError(f"unknown auxiliary model {model!r}; choose from {AUX_MODELS}")
+    _check_ranker(summary_ranker)
+    instruction = AUX_SUM_CTX_INSTRUCTION if model == "sum_ctx" else AUX_SYN_CTX_INSTRUCTION
+    return Layout(name=f"aux_{model}", instruction=instruction,
+                  parts=(Part(PREFIX_PASSAGE_START, fn.IMMEDIATE_CONTEXT),
+                         Part(PREFIX_PAST_PASSAGES, fn.ranked_text_feature(summary_ranker))),
+                  target_feature=AUX_TARGET_FEATURES[model])
+
+
+AUX_FIXED_TEXTS = (AUX_SUM_CTX_INSTRUCTION, AUX_SYN_CTX_INSTRUCTION)

@@ -337,5 +337,103 @@ def register_data_dir(data_dir: str | os.PathLike | None = None, *, overwrite: b
             options["vocabulary"] = os.path.join(folder, options["vocabulary"])
         registered.append(register_dataset(entry.rstrip("/"), features_dir=features_dir, overwrite=overwrite,
                                            **options))
+        register_aux_tasks(entry.rstrip("/"), features_dir=features_dir, vocabulary=registered[-1].vocabulary,
+                           summary_ranker=registered[-1].summary_ranker, overwrite=True)
         logging.info("registered %d tasks and mixtures of %s", len(registered[-1].all_names), folder)
     return registered
+
+
+# ------------------------------------------------------------- auxiliary models (stages 3, 4)
+
+# Splits of an auxiliary task. Training and evaluation read only the training split's
+# files: "train" is the auxiliary half of the training users (aux_half == "aux"),
+# "validation" the other half (aux_half == "generation": weak labels the model never trained
+# on, for its evaluation). "infer_<split>" is every example of <split>, unfiltered, to
+# write the predictions that fill summary_ctx / keywords_ctx (targets: the weak label on
+# the training split, "" elsewhere).
+AUX_SPLITS = ("train", "validation", *(f"infer_{s}" for s in fn.SPLITS))
+
+
+def aux_task_name(dataset: str, model: str) -> str:
+    if model not in prompts.AUX_MODELS:
+        raise ValueError(f"unknown auxiliary model {model!r}; choose from {prompts.AUX_MODELS}")
+    return f"{NAME_PREFIX}_{dataset_key(dataset)}_aux_{model}"
+
+
+def aux_split_filter(split: str) -> tuple[str, str | None]:
+    """(features split to read, aux_half to keep or None for all) of an auxiliary split."""
+    if split == "train":
+        return "train", fn.AUX_HALVES[0]
+    if split == "validation":
+        return "train", fn.AUX_HALVES[1]
+    if split.startswith("infer_") and split[len("infer_"):] in fn.SPLITS:
+        return split[len("infer_"):], None
+    raise ValueError(f"unknown auxiliary split {split!r}; choose from {AUX_SPLITS}")
+
+
+def _aux_dataset_fn(features_dir: str, feature_names: tuple[str, ...]):
+    spec = _string_features((*feature_names, fn.AUX_HALF))
+
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+        source_split, half = aux_split_filter(split)
+        files = sorted(tf.io.gfile.glob(fn.generation_file_pattern(features_dir, source_split)))
+        if not files:
+            raise FileNotFoundError(f"no {fn.generation_file_pattern(features_dir, source_split)}: run `personalize-t5x features`")
+        files_ds = tf.data.Dataset.from_tensor_slices(files)
+        if shuffle_files:
+            files_ds = files_ds.shuffle(len(files), seed=seed)
+        dataset = files_ds.interleave(tf.data.TFRecordDataset, deterministic=True)
+        dataset = dataset.map(lambda record: tf.io.parse_single_example(record, spec))
+        if half is not None:
+            dataset = dataset.filter(lambda example: tf.equal(example[fn.AUX_HALF], half))
+        return dataset
+
+    return dataset_fn
+
+
+def register_aux_tasks(
+    name: str,
+    *,
+    features_dir: str | os.PathLike,
+    vocabulary: str | os.PathLike | seqio.Vocabulary | None = None,
+    extra_ids: int = vocab_lib.DEFAULT_EXTRA_IDS,
+    summary_ranker: str = prompts.DEFAULT_SUMMARY_RANKER,
+    overwrite: bool = False,
+) -> dict[str, str]:
+    """Registers the SumCtx and SynCtx auxiliary tasks of one dataset; returns {model: task}.
+
+    Source: seqio.FunctionDataSource over the features stage's generation TFRecords with
+    the splits of AUX_SPLITS (a split filters by `aux_half`, so one seeded half of the
+    training users trains the model and no validation or test example ever does).
+    Inputs: prompts.aux_layout; targets: the weak label. Metrics: BLEU and ROUGE.
+    """
+    features_dir = os.fspath(features_dir).rstrip("/") or "/"
+    vocab = resolve_vocabulary(vocabulary, features_dir, extra_ids)
+    output_features = {
+        "inputs": seqio.Feature(vocabulary=vocab, add_eos=True),
+        "targets": seqio.Feature(vocabulary=vocab, add_eos=True),
+    }
+    names = {}
+    for model in prompts.AUX_MODELS:
+        task = aux_task_name(name, model)
+        if task in seqio.TaskRegistry.names():
+            if not overwrite:
+                raise ValueError(f"task {task!r} is already registered; pass overwrite=True to replace it")
+            seqio.TaskRegistry.remove(task)
+        layout = prompts.aux_layout(model, summary_ranker=summary_ranker)
+        passthrough = (fn.EXAMPLE_ID,)
+        seqio.TaskRegistry.add(
+            task,
+            source=seqio.FunctionDataSource(_aux_dataset_fn(features_dir, (*layout.required_features, *passthrough)),
+                                            splits=AUX_SPLITS),
+            output_features=output_features,
+            preprocessors=_preprocessors(layout, passthrough),
+            metric_fns=[metrics.bleu, metrics.rouge],
+        )
+        names[model] = task
+    return names
+
+
+def unregister_aux_tasks(name: str) -> None:
+    for model in prompts.AUX_MODELS:
+        seqio.TaskRegistry.remove(aux_task_name(name, model))

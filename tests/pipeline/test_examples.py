@@ -133,7 +133,8 @@ def test_same_seed_gives_byte_identical_outputs_and_another_seed_changes_the_spl
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         ex.write_examples(ex.build_examples(corpus, config=ex.ExampleConfig(seed=seed)), tmp_path / name)
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert files == sorted([ex.DOCUMENTS_FILE, ex.STATS_FILE, *ex.EXAMPLE_FILES, *ex.PAIR_FILES])
+    shards = [f"author_pairs_{s}.tfrecord-00000-of-00001" for s in ex.SPLITS]  # the pairs' final form
+    assert files == sorted([ex.DOCUMENTS_FILE, ex.STATS_FILE, *ex.EXAMPLE_FILES, *ex.PAIR_FILES, *shards])
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     users_a = {e["user_id"] for e in ex.read_examples(tmp_path / "a", "test")}
@@ -174,3 +175,15 @@ def test_stats_match_the_written_files(tmp_path):
 def test_config_is_validated(kwargs):
     with pytest.raises(ValueError, match="ExampleConfig"):
         ex.ExampleConfig(**kwargs)
+
+
+def test_author_pairs_are_written_in_their_final_form(tmp_path):
+    from personalize_t5x.io import tfrecords
+
+    result = ex.build_examples(_corpus(), config=ex.ExampleConfig(seed=5))
+    ex.write_examples(result, tmp_path)
+    for split in ex.SPLITS:
+        names = sorted(p.name for p in tmp_path.glob(f"author_pairs_{split}.tfrecord-*"))
+        records = [tfrecords.parse_bytes_example(r) for n in names for r in tfrecords.iter_tfrecord(str(tmp_path / n))]
+        expected = [{k: p[k].encode() for k in ("text_a", "text_b", "label")} for p in result.author_pairs[split]]
+        assert records == expected

@@ -14,10 +14,11 @@ import pytest
 
 from personalize_t5x import feature_names
 
+from personalize_t5x.pipeline import examples as examples_lib
 from personalize_t5x.pipeline import features
 from personalize_t5x.errors import InputError
-from personalize_t5x.pipeline.corpus.records import Document, join_title_and_text
-from personalize_t5x.pipeline.retrieval import ranking
+from personalize_t5x.pipeline.corpus.records import Document, example_from_json, join_title_and_text
+from personalize_t5x.pipeline.retrieval import encoders, ranking
 
 DAY = 86_400
 T0 = 1_500_000_000
@@ -108,8 +109,7 @@ def write_examples_dir(root: pathlib.Path, *, extra_documents=(), extra_examples
         pairs = [{"text_a": e["target"], "text_b": f"other text {k}", "label": "true" if k % 2 else "false", "user_id": e["user_id"]}
                  for k, e in enumerate(examples[split])]
         _write_jsonl(root / f"author_pairs_{split}.jsonl.gz", pairs)
-    from personalize_t5x.pipeline import examples as examples_lib
-
+        examples_lib.write_author_pair_records(root, split, pairs)
     examples_lib.write_finished_marker(root, {})  # the features command reads only finished folders
     return {"documents": documents, "examples": examples}
 
@@ -162,6 +162,8 @@ def test_every_feature_written_and_equal_to_direct_ranking(built):
     for d in data["documents"]:
         docs_by_user.setdefault(d.user_id, []).append(d)
     encoder = HashingEncoder()
+    idf = features.read_idf_artifact(str(root / "features" / features.IDF_TABLE_NAME))
+    resources = features.load_summary_resources(fast_config(), idf=idf, with_weak_labels=True)
     for split in feature_names.SPLITS:
         names = sorted(p.name for p in (root / "features").glob(f"{split}.tfrecord-*"))
         assert names == [f"{split}.tfrecord-00000-of-00002", f"{split}.tfrecord-00001-of-00002"]
@@ -169,17 +171,28 @@ def test_every_feature_written_and_equal_to_direct_ranking(built):
         assert sorted(written) == sorted(e["example_id"] for e in data["examples"][split])
         for record in written.values():
             assert set(record) == set(feature_names.GENERATION_TEXT_FEATURES)
-            for name in feature_names.SUMMARY_AND_KEYWORD_FEATURES:
-                assert record[name] == ""
+            # The context-dependent features are the auxiliary models' predictions, joined later.
+            assert record[feature_names.SUMMARY_CTX] == "" and record[feature_names.KEYWORDS_CTX] == ""
+            assert record[feature_names.SUMMARY_CTX_IND] != "" and record[feature_names.KEYWORDS_CTX_IND] != ""
+            is_train = split == "train"
+            for name in (feature_names.SUMMARY_CTX_WEAK_LABEL, feature_names.AUX_HALF):
+                assert (record[name] != "") == is_train, (name, split)
+            # Here each document has its own topic: a target may share no informative word
+            # with its ranked entries (the Stack Exchange test measures the real rate).
+            assert is_train or record[feature_names.KEYWORDS_CTX_WEAK_LABEL] == ""
         by_user: dict[str, list[dict]] = {}
         for e in data["examples"][split]:
             by_user.setdefault(e["user_id"], []).append(e)
         for user, examples in by_user.items():
-            documents, cleaned, counts = features.clean_user_inputs(docs_by_user[user], examples)
-            assert counts == {}
-            direct = ranking.rank_user_examples(documents, cleaned, encoder=encoder, config=ranking.RankingConfig(), strategies=feature_names.RANKING_STRATEGIES)
+            records = [example_from_json(e) for e in examples]
+            direct = ranking.rank_user_examples(docs_by_user[user], records, encoder=encoder, config=ranking.RankingConfig(), strategies=feature_names.RANKING_STRATEGIES)
             assert len(direct) == len(examples)
-            for example, rankings in direct:
+            fields = features.summary_and_keyword_fields(docs_by_user[user], direct, cache=encoders.EmbeddingCache(encoder),
+                                                         resources=resources, config=fast_config())
+            for (example, rankings), summary_fields in zip(direct, fields):
+                for name, value in summary_fields.items():
+                    assert written[example.example_id][name] == value, name
+                example = example.to_json()
                 record = written[example["example_id"]]
                 assert record[feature_names.TARGET] == example["target"]
                 assert record[feature_names.IMMEDIATE_CONTEXT] == example["immediate_context"]
@@ -221,7 +234,7 @@ def test_a_second_run_with_other_bundling_gives_byte_identical_shards(built, tmp
     config = fast_config(direct_running_mode="in_memory", direct_num_workers=2)
     features.run_features(examples_dir=str(root / "examples"), output_dir=str(tmp_path / "f2"), config=config, progress=False)
     second = shard_bytes(tmp_path / "f2")
-    assert first.keys() == second.keys() and len(first) == 12
+    assert first.keys() == second.keys() and len(first) == 9  # 3 x (2 example shards + 1 author-pair shard)
     assert first == second
 
 
@@ -234,7 +247,7 @@ def test_multi_process_runner_gives_byte_identical_shards(built, tmp_path):
     config = fast_config(direct_running_mode="multi_processing", direct_num_workers=2, one_core_per_worker=True)
     features.run_features(examples_dir=str(root / "examples"), output_dir=str(tmp_path / "f2"), config=config, progress=False)
     second = shard_bytes(tmp_path / "f2")
-    assert first.keys() == second.keys() and len(first) == 12
+    assert first.keys() == second.keys() and len(first) == 9  # 3 x (2 example shards + 1 author-pair shard)
     assert first == second
 
 
@@ -284,7 +297,8 @@ def test_bad_input_keeps_output_well_formed_and_is_counted(tmp_path):
     docs_f = [huge, no_punct, cyrillic, japanese, empty, target]
     lonely = _doc("ug", 0)
     extra_examples = {
-        "train": [_example(target, docs_f[:5], "train")],
+        # (the examples stage never lists a dropped empty document in a profile)
+        "train": [_example(target, docs_f[:4], "train")],
         # A hand-made example whose profile is empty.
         "test": [_example(lonely, [], "test")],
     }
@@ -298,8 +312,6 @@ def test_bad_input_keeps_output_well_formed_and_is_counted(tmp_path):
     assert counters["documents_over_100k_chars"] == 1
     assert counters["documents_without_sentence_punctuation"] == 1
     assert counters["documents_mostly_non_latin"] == 2
-    assert counters["examples_with_empty_profile"] == 1
-    assert counters["profile_ids_unknown_dropped"] == 1  # the empty document's id
     assert counters["examples_bad_skipped"] == 2
     train = read_all(out, "train")
     record = train["uf/uf-d5"]
@@ -340,7 +352,8 @@ def test_encoder_is_loaded_once_per_worker_not_per_user(tmp_path):
     assert result.counters["users"] == 5
     assert factory.loads() == 1
     sparse_factory = CountingEncoderFactory(tmp_path / "sparse.log")
-    sparse = fast_config(encoder_factory=sparse_factory, strategies=("recent_doc", "rank_doc_bm25"), num_shards=1)
+    sparse = fast_config(encoder_factory=sparse_factory, strategies=("recent_doc", "rank_doc_bm25"), num_shards=1,
+                         summaries_and_keywords=False)
     features.run_features(examples_dir=str(tmp_path / "examples"), output_dir=str(tmp_path / "g"), config=sparse, progress=False)
     assert sparse_factory.loads() == 0  # no dense strategy: no encoder at all
 
@@ -352,15 +365,15 @@ def test_missing_input_file_is_a_located_error(tmp_path):
         features.run_features(examples_dir=str(tmp_path / "examples"), output_dir=str(tmp_path / "f"), config=fast_config(), progress=False)
 
 
-def test_example_line_errors_name_file_line_and_field():
+def test_example_lines_are_trusted_records_and_errors_name_file_line_and_field():
+    record = {"example_id": "u/d", "user_id": "u", "split": "train", "doc_id": "d", "timestamp": 1, "title": "",
+              "immediate_context": "c", "target": "t", "profile": ["d0"]}
+    example = features.parse_example_line("x.jsonl.gz", 7, json.dumps(record).encode())
+    assert example.profile == ("d0",) and example.to_json() == record
     with pytest.raises(InputError, match=r"x.jsonl.gz:7: field 'profile'"):
-        features.parse_example_line("x.jsonl.gz", 7, json.dumps({
-            "example_id": "u/d", "user_id": "u", "split": "train", "doc_id": "d", "timestamp": 1,
-            "immediate_context": "c", "target": "t", "profile": "d0"}).encode(), split="train")
-    with pytest.raises(InputError, match=r"field 'split'"):
-        features.parse_example_line("x.jsonl.gz", 1, json.dumps({
-            "example_id": "u/d", "user_id": "u", "split": "test", "doc_id": "d", "timestamp": 1,
-            "immediate_context": "c", "target": "t", "profile": []}).encode(), split="train")
+        features.parse_example_line("x.jsonl.gz", 7, json.dumps({k: v for k, v in record.items() if k != "profile"}).encode())
+    with pytest.raises(InputError, match=r"x.jsonl.gz:2: field '<line>'"):
+        features.parse_example_line("x.jsonl.gz", 2, b"not json")
 
 
 def test_config_validation_and_runner_options():
@@ -373,7 +386,8 @@ def test_config_validation_and_runner_options():
     with pytest.raises(ValueError, match="one_core_per_worker"):
         features.FeaturesConfig(direct_running_mode="in_memory", one_core_per_worker=True)
     assert features.FeaturesConfig(strategies=("rank_snippet", "recent_doc")).strategies == ("recent_doc", "rank_snippet")
-    assert not features.FeaturesConfig(strategies=("recent_doc",)).needs_encoder
+    assert not features.FeaturesConfig(strategies=("recent_doc",), summaries_and_keywords=False).needs_encoder
+    assert features.FeaturesConfig(strategies=("recent_doc",)).needs_encoder  # the summaries embed snippets
 
     local = features.pipeline_options(features.FeaturesConfig()).get_all_options()
     assert (local["runner"], local["direct_num_workers"], local["direct_running_mode"]) == ("DirectRunner", 2, "multi_processing")
@@ -417,8 +431,31 @@ def test_real_minilm_encoder_matches_direct_ranking(tmp_path):
     written = read_all(tmp_path / "f", "validation")
     encoder = encoders.SentenceEncoder.from_pretrained(path)
     docs = [d for d in data["documents"] if d.user_id == "ud"]
-    documents, cleaned, _ = features.clean_user_inputs(docs, data["examples"]["validation"])
-    direct = ranking.rank_user_examples(documents, cleaned, encoder=encoder, config=ranking.RankingConfig(), strategies=config.strategies)
+    direct = ranking.rank_user_examples(docs, [example_from_json(e) for e in data["examples"]["validation"]], encoder=encoder,
+                                        config=ranking.RankingConfig(), strategies=config.strategies)
     for example, rankings in direct:
         for strategy in config.strategies:
-            assert written[example["example_id"]][feature_names.ranked_text_feature(strategy)] == rankings[strategy].text
+            assert written[example.example_id][feature_names.ranked_text_feature(strategy)] == rankings[strategy].text
+
+
+def test_missing_wordnet_stops_the_stage_with_how_to_get_it(tmp_path):
+    write_examples_dir(tmp_path / "examples")
+    config = fast_config(wordnet_dir=str(tmp_path / "no-wordnet"))
+    with pytest.raises(InputError, match="apt-get install wordnet-base"):
+        features.run_features(examples_dir=str(tmp_path / "examples"), output_dir=str(tmp_path / "f"), config=config, progress=False)
+    assert not list((tmp_path / "f").glob("*.tfrecord-*"))
+
+
+def test_idf_table_is_written_once_and_reused_while_its_inputs_are_unchanged(tmp_path):
+    write_examples_dir(tmp_path / "examples")
+    out = tmp_path / "f"
+    first = features.run_features(examples_dir=str(tmp_path / "examples"), output_dir=str(out), config=fast_config(), progress=False)
+    idf_path = out / features.IDF_TABLE_NAME
+    table = json.loads(idf_path.read_text())
+    assert table["n_documents"] == 18  # the 3 training users' 6 documents; nothing of ud, ue
+    assert not any(f"markerud" in w or f"markerue" in w for w in table["document_frequency"])
+    assert first.manifest["idf_table"]["sha256"] == hashlib.sha256(idf_path.read_bytes()).hexdigest()
+    mtime = idf_path.stat().st_mtime_ns
+    again = features.run_features(examples_dir=str(tmp_path / "examples"), output_dir=str(out), config=fast_config(),
+                                  progress=False, force=True)
+    assert idf_path.stat().st_mtime_ns == mtime and again.manifest["idf_table"] == first.manifest["idf_table"]

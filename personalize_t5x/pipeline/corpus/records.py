@@ -148,3 +148,53 @@ def read_documents(path: str | os.PathLike, *, report: StageReport | None = None
 def write_documents(path: str | os.PathLike, documents: Iterable[Document]) -> int:
     """Writes Documents as canonical JSONL (gzip for `*.gz`), atomically."""
     return io_lib.write_jsonl(path, documents)  # orjson serializes dataclasses natively
+
+
+# ---------------------------------------------------------------------------- Example
+
+EXAMPLE_FIELDS = ("example_id", "user_id", "split", "doc_id", "timestamp", "title", "immediate_context",
+                  "target", "profile")
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One generation example, as the examples stage writes it (docs/contracts.md).
+
+    The examples stage is its only producer: it has already applied the paper's filters,
+    deduplicated the user's history and listed in `profile` exactly the user's documents
+    strictly earlier than the target, oldest first. Later stages read the record back
+    from that stage's fingerprinted output and trust it (no re-validation, re-sorting or
+    re-filtering).
+    """
+
+    example_id: str
+    user_id: str
+    split: str
+    doc_id: str
+    timestamp: int
+    title: str
+    immediate_context: str
+    target: str
+    profile: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"example_id": self.example_id, "user_id": self.user_id, "split": self.split,
+                "doc_id": self.doc_id, "timestamp": self.timestamp, "title": self.title,
+                "immediate_context": self.immediate_context, "target": self.target,
+                "profile": list(self.profile)}
+
+
+def example_from_json(obj: Any, *, path: str = "<memory>", line: int = 0) -> Example:
+    """An Example from a record the examples stage wrote: fields are taken as they are;
+    only a record that is not an object or lacks a field (a file from elsewhere) is a
+    located InputError."""
+    if type(obj) is not dict:
+        raise InputError(path, line, "<record>", f"expected a JSON object, got {type(obj).__name__}")
+    try:
+        values = {name: obj[name] for name in EXAMPLE_FIELDS}
+    except KeyError as e:
+        raise InputError(path, line, e.args[0], "missing (not a file of the examples stage?)") from None
+    values["profile"] = tuple(values["profile"])
+    example = _new_object(Example)
+    example.__dict__.update(values)
+    return example

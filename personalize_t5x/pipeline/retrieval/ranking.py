@@ -42,7 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from personalize_t5x import feature_names
-from personalize_t5x.pipeline.corpus.records import Document, join_title_and_text
+from personalize_t5x.pipeline.corpus.records import Document, Example, join_title_and_text
 from personalize_t5x.pipeline.retrieval import bm25 as bm25_lib
 from personalize_t5x.pipeline.retrieval import encoders as encoders_lib
 from personalize_t5x.pipeline.retrieval import text as text_lib
@@ -119,6 +119,11 @@ class Ranking:
     text: str
 
 
+def _field(example: dict | Example, name: str, default: Any = None) -> Any:
+    """A field of an Example record or of an example dict (hand-made inputs, tests)."""
+    return example.get(name, default) if isinstance(example, dict) else getattr(example, name, default)
+
+
 def join_entries(texts: Sequence[str], *, separator: str = DEFAULT_SEPARATOR, max_chars: int = 2500) -> str:
     """Joins texts in order with `separator`, cut to `max_chars` (see the module doc)."""
     parts: list[str] = []
@@ -170,8 +175,8 @@ class UserCorpus:
 
     def profile_rows(self, example: dict[str, Any]) -> np.ndarray:
         """The rows of the example's profile documents, ascending (oldest first)."""
-        profile = example.get("profile")
-        example_id = example.get("example_id", "<unknown example>")
+        profile = _field(example, "profile")
+        example_id = _field(example, "example_id", "<unknown example>")
         if not isinstance(profile, (list, tuple)):
             raise ValueError(f"example {example_id!r}: 'profile' must be a list of doc ids, got {type(profile).__name__}")
         rows = []
@@ -313,10 +318,10 @@ def _check_strategies(strategies: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(strategies))
 
 
-def _query(example: dict[str, Any]) -> str:
-    query = example.get("immediate_context")
+def _query(example: dict[str, Any] | Example) -> str:
+    query = _field(example, "immediate_context")
     if not isinstance(query, str):
-        raise ValueError(f"example {example.get('example_id', '<unknown example>')!r}: 'immediate_context' must be a string, got {type(query).__name__}")
+        raise ValueError(f"example {_field(example, 'example_id', '<unknown example>')!r}: 'immediate_context' must be a string, got {type(query).__name__}")
     return query
 
 
@@ -353,10 +358,10 @@ def rank_user_examples(
     corpus = UserCorpus(documents, config)
     prepared = []
     for example in examples:
-        if not isinstance(example, dict):
-            raise ValueError(f"an example must be a dict, got {type(example).__name__}")
-        if corpus.user_id is not None and example.get("user_id", corpus.user_id) != corpus.user_id:
-            raise ValueError(f"example {example.get('example_id')!r} of user {example.get('user_id')!r} ranked against the documents of user {corpus.user_id!r}")
+        if not isinstance(example, (dict, Example)):
+            raise ValueError(f"an example must be an Example or a dict, got {type(example).__name__}")
+        if corpus.user_id is not None and _field(example, "user_id", corpus.user_id) != corpus.user_id:
+            raise ValueError(f"example {_field(example, 'example_id')!r} of user {_field(example, 'user_id')!r} ranked against the documents of user {corpus.user_id!r}")
         prepared.append((example, corpus.profile_rows(example), _query(example)))
 
     needs_dense = [s for s in strategies if s in DENSE_STRATEGIES]

@@ -1,0 +1,116 @@
+"""What stages 3 and 4 cost the features stage, and the auxiliary models' inference speed.
+
+1. Features time with and without summaries + keywords + weak labels (the peer: the same
+   features stage with `summaries_and_keywords=False`, measured in the same run on the same
+   examples): a synthetic corpus (personalize_t5x.pipeline.synthetic, the features bench's
+   generator; default 100 users x 30 documents), every ranking strategy, the real
+   all-MiniLM-L6-v2 encoder, DirectRunner with 2 worker processes. Runs alternate
+   (off, on, on, off, ...) and the best of each side is kept. Target: at most +20%.
+2. With --aux-steps N > 0: the SumCtx and SynCtx tasks trained N steps on that corpus's
+   features (tiny T5 1.1, gin/experiments/aux_*.gin, `python -m personalize_t5x.trainer.train`)
+   and their inference (`python -m personalize_t5x.trainer.infer`, greedy, split
+   infer_validation) timed: examples/s and mean predicted characters. The tiny model is
+   the throughput of the code path, not of a useful model.
+
+    python bench/keywords_bench.py [--users 100] [--docs-per-user 30] [--repeats 2] [--aux-steps 20]
+
+Quote `uptime` with the figures: the machine is shared.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPIECE = os.path.join(REPO, "tests", "fixtures", "hf_t5_tiny", "gtr", "spiece.model")
+
+
+def run_features(examples_dir: str, output_dir: str, *, summaries: bool, workers: int) -> tuple[float, int]:
+    from personalize_t5x.pipeline import features
+
+    config = features.FeaturesConfig(num_shards=2, direct_num_workers=workers, direct_running_mode="multi_processing",
+                                     summaries_and_keywords=summaries)
+    start = time.perf_counter()
+    result = features.run_features(examples_dir=examples_dir, output_dir=output_dir, config=config, force=True, progress=False)
+    elapsed = time.perf_counter() - start
+    return elapsed, sum(v for k, v in result.counters.items() if k.startswith("examples_written."))
+
+
+def aux_inference(data_dir: str, workdir: str, steps: int) -> list[str]:
+    import sentencepiece
+
+    vocab_size = sentencepiece.SentencePieceProcessor(model_file=SPIECE).vocab_size() + 100
+    env = {**os.environ, "PYTHONPATH": REPO, "PERSONALIZE_T5X_DATA_DIR": data_dir}
+    lengths = "{'inputs': 512, 'targets': 64}"
+    lines = []
+    for model in ("sum_ctx", "syn_ctx"):
+        model_dir = os.path.join(workdir, f"aux_{model}")
+        common = ["--gin_file=models/t5_1_1_tiny.gin", "--gin.DATASET='bench'", f"--gin.VOCAB_SIZE={vocab_size}",
+                  f"--gin.TASK_FEATURE_LENGTHS={lengths}", "--gin.PREDICT_OPTIONS={'method': 'greedy'}"]
+        subprocess.run([sys.executable, "-m", "personalize_t5x.trainer.train", f"--gin_file=experiments/aux_{model}.gin", *common,
+                        f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}", "--gin.BATCH_SIZE=8",
+                        f"--gin.EVAL_PERIOD={steps}", "--gin.EVAL_STEPS=1", f"--gin.CHECKPOINT_PERIOD={steps}"],
+                       env=env, check=True, capture_output=True, cwd=REPO)
+        predictions = os.path.join(workdir, "predictions")
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "personalize_t5x.trainer.infer", f"--gin_file=experiments/aux_{model}_infer.gin", *common,
+                        f"--gin.CHECKPOINT_PATH='{model_dir}'", f"--gin.INFER_OUTPUT_DIR='{predictions}'",
+                        "--gin.MIXTURE_OR_TASK_SPLIT='infer_validation'", "--gin.utils.DatasetConfig.batch_size=32"],
+                       env=env, check=True, capture_output=True, cwd=REPO)
+        elapsed = time.perf_counter() - start
+        with open(os.path.join(predictions, f"personalize_bench_aux_{model}-infer_validation.jsonl")) as f:
+            records = [json.loads(line) for line in f]
+        chars = sum(len(r["prediction"]) for r in records) / max(len(records), 1)
+        lines.append(f"aux {model}: {len(records)} examples in {elapsed:.1f} s (process start, restore, compile included) = "
+                     f"{len(records) / elapsed:.2f} examples/s; mean prediction {chars:.0f} chars (tiny T5, {steps} steps, greedy)")
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--docs-per-user", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--aux-steps", type=int, default=0, help="train the auxiliary models this many steps and time their inference")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(), flush=True)
+
+    from personalize_t5x.pipeline import examples as examples_lib
+    from personalize_t5x.pipeline import synthetic
+
+    workdir = tempfile.mkdtemp(prefix="keywords-bench-")
+    dataset_dir = os.path.join(workdir, "data", "bench")
+    examples_dir = os.path.join(dataset_dir, "examples")
+    documents = synthetic.generate_corpus(num_users=args.users, docs_per_user=args.docs_per_user, seed=args.seed)
+    result = examples_lib.build_examples(documents, config=examples_lib.ExampleConfig(seed=args.seed))
+    examples_lib.write_examples(result, examples_dir)
+    n = sum(len(v) for v in result.examples.values())
+    print(f"corpus: {args.users} users x {args.docs_per_user} documents -> {n} examples "
+          f"({len(result.examples['train'])} train); {args.workers} DirectRunner workers", flush=True)
+    best: dict[bool, float] = {}
+    for repeat in range(args.repeats):
+        for summaries in ((False, True) if repeat % 2 == 0 else (True, False)):
+            out = os.path.join(dataset_dir, "features" if summaries else "features-off")
+            elapsed, written = run_features(examples_dir, out, summaries=summaries, workers=args.workers)
+            best[summaries] = min(best.get(summaries, elapsed), elapsed)
+            print(f"  summaries+keywords {'on ' if summaries else 'off'} run {repeat + 1}: {written} examples in {elapsed:6.1f} s", flush=True)
+    print(f"features time, best of {args.repeats}: without {best[False]:.1f} s, with {best[True]:.1f} s: "
+          f"{best[True] / best[False]:.3f}x ({(best[True] / best[False] - 1) * 100:+.1f}%; target <= +20%)")
+    if args.aux_steps > 0:
+        with open(os.path.join(dataset_dir, "tasks.json"), "w") as f:
+            json.dump({"vocabulary": SPIECE}, f)
+        for line in aux_inference(os.path.join(workdir, "data"), workdir, args.aux_steps):
+            print(line)
+    print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
