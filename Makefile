@@ -19,7 +19,7 @@ PEER_VENV ?= .peer-venv
 PEER_STAMP := $(PEER_VENV)/.installed-stamp
 PEER_IF_PRESENT := $(if $(wildcard $(PEERS)/install-t5x.sh),$(PEER_STAMP))
 
-.PHONY: demo test install bench clean-demo peer-venv
+.PHONY: demo test install bench clean-demo peer-venv shellcheck-tool
 
 install: $(STAMP)
 
@@ -35,7 +35,7 @@ $(STAMP): requirements.lock setup.py
 demo: $(STAMP)
 	$(BIN)/personalize-t5x demo --output-dir demo_output
 
-test: $(STAMP) $(PEER_IF_PRESENT)
+test: $(STAMP) $(PEER_IF_PRESENT) shellcheck-tool
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
@@ -52,3 +52,7 @@ $(PEER_STAMP): requirements.lock
 	$(PEER_VENV)/bin/python -m pip --disable-pip-version-check -q install -r requirements.lock 2>&1 | grep -v "is ignored: it is neither" || true
 	$(PEERS)/install-t5x.sh $(PEER_VENV) requirements.lock
 	@touch $@
+
+# shellcheck for the launch scripts' test: Debian's package, installed when missing and apt can.
+shellcheck-tool:
+	@command -v shellcheck >/dev/null || { command -v apt-get >/dev/null && apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq shellcheck >/dev/null 2>&1; } || echo "shellcheck: not installed (apt-get needs root); the shellcheck test skips"

@@ -1,7 +1,8 @@
 """Multi-host on one machine: two processes joined by jax.distributed (CPU collectives, gloo)
 with 4 devices each against one process with 8 devices, through the real entry points.
 
-- training reaches the same parameters and the same decoded evaluation metrics;
+- training, started by launch/gpu/slurm_train.sh as SLURM would start it on two nodes,
+  reaches the same parameters and the same decoded evaluation metrics;
 - inference splits the decoding between the hosts and writes one prediction file, the
   one the single process writes.
 """
@@ -34,16 +35,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(module: str, flags: list[str], *, devices: int, log: pathlib.Path, host: tuple[int, int, int] = None):
-    """Starts `python -m personalize_t5x.trainer.<module>`; host = (index, count, port) joins a job."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+def _environment(devices: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS" and not k.startswith("SLURM_")}
     env.update(PYTHONPATH=f"{REPO}{os.pathsep}{HERE}", JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
                TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return env
+
+
+def _launch(module: str, flags: list[str], *, devices: int, log: pathlib.Path, host: tuple[int, int, int] = None):
+    """Starts `python -m personalize_t5x.trainer.<module>`; host = (index, count, port) joins a job."""
     args = [sys.executable, "-m", f"personalize_t5x.trainer.{module}", *flags]
     if host is not None:
         index, count, port = host
         args += [f"--coordinator_address=localhost:{port}", f"--process_count={count}", f"--process_index={index}"]
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT), log
+    return subprocess.Popen(args, cwd=REPO, env=_environment(devices), stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT), log
+
+
+def _slurm_task(flags: list[str], *, gin_files: dict, devices: int, log: pathlib.Path, index: int, count: int,
+                port: int, fake_bin: pathlib.Path):
+    """launch/gpu/slurm_train.sh as `srun` starts it on node `index` of a `count`-node job
+    (SLURM's variables; scontrol names this machine as the first node)."""
+    env = _environment(devices)
+    env.update(SLURM_NTASKS=str(count), SLURM_PROCID=str(index), SLURM_JOB_NODELIST="localhost",
+               COORDINATOR_PORT=str(port), PYTHON=sys.executable, PATH=f"{fake_bin}{os.pathsep}{env['PATH']}",
+               **gin_files)
+    return subprocess.Popen(["bash", str(REPO / "launch" / "gpu" / "slurm_train.sh"), *flags], cwd=REPO, env=env,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT), log
 
 
 def _run_together(jobs) -> None:
@@ -61,14 +79,24 @@ def _run_together(jobs) -> None:
             raise AssertionError(f"{log.name}: exit {code}\n{tail}")
 
 
-def _one_and_two_hosts(module: str, flags_for, tmp_path: pathlib.Path) -> None:
-    """The single 8-device process and the two 4-device hosts, all started at once."""
+def _one_and_two_hosts(module: str, flags_for, tmp_path: pathlib.Path, *, slurm_env: dict = None) -> None:
+    """The single 8-device process and the two 4-device hosts, all started at once; with
+    `slurm_env` (MODEL_DIR, TASK, gin files for launch/common.sh) the hosts are started
+    by launch/gpu/slurm_train.sh."""
     port = _free_port()
-    _run_together([
-        _launch(module, flags_for("one"), devices=8, log=tmp_path / f"{module}_one.log"),
-        *(_launch(module, flags_for("two"), devices=4, log=tmp_path / f"{module}_two_{i}.log", host=(i, 2, port))
-          for i in range(2)),
-    ])
+    jobs = [_launch(module, flags_for("one"), devices=8, log=tmp_path / f"{module}_one.log")]
+    if slurm_env is None:
+        jobs += [_launch(module, flags_for("two"), devices=4, log=tmp_path / f"{module}_two_{i}.log",
+                         host=(i, 2, port)) for i in range(2)]
+    else:
+        fake_bin = tmp_path / "bin"
+        fake_bin.mkdir()
+        (fake_bin / "scontrol").write_text('#!/usr/bin/env bash\necho localhost\n')
+        (fake_bin / "scontrol").chmod(0o755)
+        flags = [f for f in flags_for("two") if not f.startswith("--gin_file=")]
+        jobs += [_slurm_task(flags, gin_files=slurm_env, devices=4, log=tmp_path / f"{module}_two_{i}.log",
+                             index=i, count=2, port=port, fake_bin=fake_bin) for i in range(2)]
+    _run_together(jobs)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +115,9 @@ def trained(tmp_path_factory):
                 "--gin.trainer.create_learning_rate_scheduler.factors='constant'",
                 "--gin.trainer.create_learning_rate_scheduler.base_learning_rate=0.05"]
 
-    _one_and_two_hosts("train", flags, root)
+    slurm_env = {"MODEL_GIN": "models/t5_1_1_tiny.gin", "RUN_GIN": "runs/finetune.gin", "MODEL_DIR": str(root / "two"),
+                 "TASK": tiny_task.TASK_NAME, "LENGTHS": "{'inputs': 16, 'targets': 16}", "TRAIN_STEPS": str(STEPS)}
+    _one_and_two_hosts("train", flags, root, slurm_env=slurm_env)
     return root
 
 
