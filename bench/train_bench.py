@@ -228,7 +228,9 @@ def _child(python: str, flag: str, args) -> dict:
     if child.returncode != 0:
         tail = "\n".join(child.stderr.strip().splitlines()[-15:])
         raise SystemExit(f"{flag[2:]} failed (exit {child.returncode}):\n{tail}")
-    return json.loads(child.stdout.strip().splitlines()[-1])
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    print(f"  {flag[2:]} round: {json.dumps(result)}", flush=True)  # kept if a later round is cut short
+    return result
 
 
 def _best(runs: list[dict]) -> dict:
@@ -261,7 +263,7 @@ def main(argv=None) -> int:
 
     with open("/proc/loadavg") as load:
         print(f"uptime load average: {' '.join(load.read().split()[:3])} ({os.cpu_count()} CPUs; a loaded "
-              "machine gives noisy absolute figures: compare the ratios of one run)")
+              "machine gives noisy absolute figures: compare the ratios of one run)", flush=True)
     print(f"small_cpu: {SMALL_CPU}, batch {BATCH}, inputs {INPUT_LEN}, targets {TARGET_LEN}, packed, "
           "bfloat16 activations / float32 params, Adafactor, one CPU device")
     peer_python = os.path.join(PEER_VENV, "bin", "python")
