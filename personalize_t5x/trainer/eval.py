@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import pathlib
 import re
@@ -47,14 +48,29 @@ def default_evaluator_loggers() -> list:
     return loggers
 
 
-def padded_batches(ds, batch_size: int, data_size: int) -> Iterator[tuple[np.ndarray, dict, int]]:
-    """(indices, model-feature batch padded to a full batch, real rows) from an enumerated ds.
+def inference_feature_converter():
+    """The one feature converter of decoding and scoring (seqio.Evaluator's and infer's):
+    T5X's EncDecFeatureConverter, unpacked, so row i of a batch is example i."""
+    import seqio
 
-    The mesh needs a batch divisible by its data axis, so the last partial batch is
-    filled with copies of its first row and the copies are dropped afterwards.
+    return seqio.EncDecFeatureConverter(pack=False)
+
+
+def host_batches(ds, batch_size: int, data_size: int) -> Iterator[tuple[np.ndarray, dict, int]]:
+    """(global indices, this host's rows of a global batch, real rows) from an enumerated
+    (index, model features) dataset that every host reads whole and in the same order.
+
+    Each host feeds only its own rows (its devices' part of the `data` axis, hosts in
+    process order as `jax.devices()` lists them), so hosts split the decoding between them;
+    the jitted step returns the whole batch's results to every host. A global batch is a
+    multiple of the data axis and of the host count, so the last partial batch is filled
+    with copies of its first row, which callers drop (`real`).
     """
-    size = max(batch_size, data_size)
-    size += (-size) % data_size
+    hosts, host = jax.process_count(), jax.process_index()
+    multiple = math.lcm(data_size, hosts)
+    size = max(batch_size, multiple)
+    size += (-size) % multiple
+    local = size // hosts
     for indices, features in ds.batch(size).as_numpy_iterator():
         real = len(indices)
         batch = {}
@@ -62,8 +78,45 @@ def padded_batches(ds, batch_size: int, data_size: int) -> Iterator[tuple[np.nda
             value = np.asarray(value)
             if real < size:
                 value = np.concatenate([value, np.repeat(value[:1], size - real, axis=0)], axis=0)
-            batch[key] = value
+            batch[key] = value[host * local:(host + 1) * local]
         yield np.asarray(indices), batch, real
+
+
+def map_batches(trainer: trainer_lib.Trainer, ds, batch_size: int,
+                fn: Callable[[dict], Sequence[Any]]) -> list[tuple[int, Any]]:
+    """[(example index, fn's row)] over an enumerated model-feature dataset, every host
+    feeding its own rows (`host_batches`); `fn` maps a host batch to the global batch's rows."""
+    out = []
+    for indices, batch, real in host_batches(ds, batch_size, trainer.partitioner.data_size):
+        rows = fn(batch)
+        out.extend((int(i), row) for i, row in zip(indices[:real], rows[:real]))
+    return out
+
+
+def predict_fn(trainer: trainer_lib.Trainer, params, batch_size: int, predict_options: dict,
+               rng_seed: int = 0) -> Callable:
+    """seqio.Evaluator's predict_fn: (index, decoded token ids) of every example."""
+
+    def predict(ds):
+        rng = jax.random.PRNGKey(rng_seed)
+
+        def decode(batch):
+            nonlocal rng
+            rng, step_rng = jax.random.split(rng)
+            return [t.tolist() for t in trainer.predict_batch(params, batch, rng=step_rng, **predict_options)]
+
+        return map_batches(trainer, ds, batch_size, decode)
+
+    return predict
+
+
+def score_fn(trainer: trainer_lib.Trainer, params, batch_size: int) -> Callable:
+    """seqio.Evaluator's score_fn: (index, log-likelihood of the targets) of every example."""
+
+    def score(ds):
+        return map_batches(trainer, ds, batch_size, lambda batch: [float(s) for s in trainer.score_batch(params, batch)])
+
+    return score
 
 
 def zero_padded(batches, size: int):
@@ -136,7 +189,7 @@ class EvalRunner:
             utils.get_mixture_or_task(cfg.mixture_or_task_name, cfg.module)  # clear error if unknown
             evaluator_cls = self._evaluator_cls or seqio.Evaluator
             kwargs = dict(mixture_or_task_name=cfg.mixture_or_task_name,
-                          feature_converter=seqio.EncDecFeatureConverter(pack=False),
+                          feature_converter=inference_feature_converter(),
                           eval_split=cfg.split, use_cached=cfg.use_cached, seed=cfg.seed if cfg.seed is not None else 42,
                           sequence_length=cfg.task_feature_lengths,
                           log_dir=os.fspath(self.model_dir / "inference_eval"))
@@ -146,38 +199,15 @@ class EvalRunner:
             self._evaluator = evaluator_cls(**kwargs)
         return self._evaluator
 
-    def predict_fn(self, params) -> Callable:
-        batch_size = self.infer_eval_cfg.batch_size
-        data_size = self.trainer.partitioner.data_size
-
-        def predict(ds):
-            out = []
-            for indices, batch, real in padded_batches(ds, batch_size, data_size):
-                tokens = self.trainer.predict_batch(params, batch, **self.predict_options)
-                out.extend((int(i), t.tolist()) for i, t in zip(indices[:real], tokens[:real]))
-            return out
-
-        return predict
-
-    def score_fn(self, params) -> Callable:
-        batch_size = self.infer_eval_cfg.batch_size
-        data_size = self.trainer.partitioner.data_size
-
-        def score(ds):
-            out = []
-            for indices, batch, real in padded_batches(ds, batch_size, data_size):
-                scores = self.trainer.score_batch(params, batch)
-                out.extend((int(i), float(s)) for i, s in zip(indices[:real], scores[:real]))
-            return out
-
-        return score
-
     def decoded(self, params, step: int) -> dict[str, dict[str, float]]:
         evaluator = self.evaluator()
         if evaluator is None or not evaluator.eval_tasks:
             return {}
-        metrics, _ = evaluator.evaluate(compute_metrics=jax.process_index() == 0, step=step,
-                                        predict_fn=self.predict_fn(params), score_fn=self.score_fn(params))
+        batch_size = self.infer_eval_cfg.batch_size
+        metrics, _ = evaluator.evaluate(
+            compute_metrics=jax.process_index() == 0, step=step,
+            predict_fn=predict_fn(self.trainer, params, batch_size, self.predict_options, self.seed),
+            score_fn=score_fn(self.trainer, params, batch_size))
         results = metrics.result() if hasattr(metrics, "result") else metrics
         out = {}
         for task, values in (results or {}).items():
@@ -229,7 +259,7 @@ def restore_params(trainer: trainer_lib.Trainer, restore_cfg: utils.RestoreCheck
     return placed, step
 
 
-def _shapes_for(dataset_cfg: utils.DatasetConfig, batch_size: int) -> dict:
+def model_input_shapes(dataset_cfg: utils.DatasetConfig, batch_size: int) -> dict:
     """Input shapes for building the model: TASK_FEATURE_LENGTHS or small defaults.
 
     Parameter shapes do not depend on sequence lengths, so any lengths work here.
@@ -258,7 +288,7 @@ def evaluate(
     utils.get_mixture_or_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module)
     trainer = trainer_lib.Trainer(model=model, partitioner=partitioner)
     data_size = partitioner.data_size
-    params, step = restore_params(trainer, restore_checkpoint_cfg, _shapes_for(dataset_cfg, data_size))
+    params, step = restore_params(trainer, restore_checkpoint_cfg, model_input_shapes(dataset_cfg, data_size))
     tf_cfg = None
     if teacher_forced and dataset_cfg.task_feature_lengths is not None:
         tf_cfg = utils.DatasetConfig(**{**dataset_cfg.__dict__, "shuffle": False})

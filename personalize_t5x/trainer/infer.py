@@ -7,7 +7,9 @@
 
 One file per task, INFER_OUTPUT_DIR/<task>-<split>.jsonl, one record per example in
 the split's order: `example_id` (when the task has that feature), `inputs`, `target`,
-`prediction` (decoded text; token ids for vocabularies without text) and `score`.
+`prediction` (decoded text; token ids for vocabularies without text), `prediction_tokens`
+(the decoded ids up to the first padding id, as T5X's infer writes them with
+`output_ids=True`) and `target_score`.
 """
 from __future__ import annotations
 
@@ -51,62 +53,53 @@ def _decode(vocabulary: Any, ids: Sequence[int]) -> Any:
     return _text(decoded)
 
 
-def _pad(rows: list[np.ndarray], length: int) -> np.ndarray:
-    out = np.zeros((len(rows), length), np.int32)
-    for i, row in enumerate(rows):
-        row = np.asarray(row, np.int32)[:length]
-        out[i, :len(row)] = row
-    return out
+def prediction_tokens(ids: Sequence[int]) -> list[int]:
+    """The decoded ids up to the first padding id, EOS included (T5X infer's `prediction_tokens`)."""
+    ids = [int(i) for i in ids]
+    return ids[:ids.index(0)] if 0 in ids else ids
 
 
 def infer_task(trainer: trainer_lib.Trainer, params: Any, task: Any, *, split: str, lengths: dict,
                batch_size: int, output_path: pathlib.Path, predict_options: dict, rng_seed: int = 0) -> int:
-    """Decodes every example of one task split into `output_path` (JSONL); returns the count."""
-    ds = task.get_dataset(sequence_length=lengths, split=split, shuffle=False, num_epochs=1,
-                          shard_info=None, use_cached=False)
+    """Decodes every example of one task split into `output_path` (JSONL); returns the count.
+
+    Batches come from the same feature converter and host split as seqio.Evaluator's
+    (eval.inference_feature_converter, eval.map_batches): with several hosts each decodes
+    its own rows, every host receives all results, and process 0 alone writes the file.
+    """
+    from personalize_t5x.trainer import eval as evaluate_lib
+
+    task_ds = task.get_dataset(sequence_length=lengths, split=split, shuffle=False, num_epochs=1,
+                               shard_info=None, use_cached=False)
+    features = evaluate_lib.inference_feature_converter()(task_ds, lengths).enumerate()
+    decode = evaluate_lib.predict_fn(trainer, params, batch_size, predict_options, rng_seed)
+    score = evaluate_lib.score_fn(trainer, params, batch_size)
+    predictions, scores = dict(decode(features)), dict(score(features))
+    if jax.process_index() != 0:
+        return len(predictions)
     vocab_in = task.output_features["inputs"].vocabulary
     vocab_out = task.output_features["targets"].vocabulary
-    data_size = trainer.partitioner.data_size
-    size = max(batch_size, data_size)
-    size += (-size) % data_size
     tmp = output_path.with_suffix(output_path.suffix + ".tmp")
     count = 0
-    rng = jax.random.PRNGKey(rng_seed)
     with open(tmp, "w", encoding="utf-8") as out:
-        examples = ds.as_numpy_iterator()
-        while True:
-            chunk = [ex for _, ex in zip(range(size), examples)]
-            if not chunk:
-                break
-            real = len(chunk)
-            chunk += [chunk[0]] * (size - real)  # fill the last batch; copies are dropped
-            targets = _pad([ex["targets"] for ex in chunk], lengths["targets"])
-            batch = {
-                "encoder_input_tokens": _pad([ex["inputs"] for ex in chunk], lengths["inputs"]),
-                "decoder_target_tokens": targets,
-                "decoder_input_tokens": np.concatenate([np.zeros((size, 1), np.int32), targets[:, :-1]], axis=1),
-                "decoder_loss_weights": (targets > 0).astype(np.int32),
-            }
-            rng, step_rng = jax.random.split(rng)
-            predictions = trainer.predict_batch(params, batch, rng=step_rng, **predict_options)
-            scores = trainer.score_batch(params, batch)
-            for ex, prediction, score in zip(chunk[:real], predictions[:real], scores[:real]):
-                record = {}
-                if "example_id" in ex:
-                    record["example_id"] = _text(ex["example_id"])
-                record["inputs"] = (_text(ex["inputs_pretokenized"]) if "inputs_pretokenized" in ex
-                                    else _decode(vocab_in, ex["inputs"]))
-                target = (_text(ex["targets_pretokenized"]) if "targets_pretokenized" in ex
-                          else _decode(vocab_out, ex["targets"]))
-                # As seqio.Evaluator scores them: after the task's postprocessor (e.g.
-                # remove_doc_start puts the document's start back on both sides), so
-                # prediction files of every paper row compare on the same targets.
-                record["target"] = task.postprocess_fn(target, example=ex, is_target=True)
-                record["prediction"] = task.postprocess_fn(_decode(vocab_out, prediction), example=ex,
-                                                           is_target=False)
-                record["target_score"] = float(score)
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
+        for index, ex in enumerate(task_ds.as_numpy_iterator()):
+            prediction = predictions[index]
+            record = {}
+            if "example_id" in ex:
+                record["example_id"] = _text(ex["example_id"])
+            record["inputs"] = (_text(ex["inputs_pretokenized"]) if "inputs_pretokenized" in ex
+                                else _decode(vocab_in, ex["inputs"]))
+            target = (_text(ex["targets_pretokenized"]) if "targets_pretokenized" in ex
+                      else _decode(vocab_out, ex["targets"]))
+            # As seqio.Evaluator scores them: after the task's postprocessor (e.g.
+            # remove_doc_start puts the document's start back on both sides), so
+            # prediction files of every paper row compare on the same targets.
+            record["target"] = task.postprocess_fn(target, example=ex, is_target=True)
+            record["prediction"] = task.postprocess_fn(_decode(vocab_out, prediction), example=ex, is_target=False)
+            record["prediction_tokens"] = prediction_tokens(prediction)
+            record["target_score"] = scores[index]
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
     os.replace(tmp, output_path)
     return count
 
@@ -137,7 +130,7 @@ def infer(
     utils.feature_lengths_for(dataset_cfg, mixture)
     trainer = trainer_lib.Trainer(model=model, partitioner=partitioner)
     params, step = evaluate_lib.restore_params(trainer, restore_checkpoint_cfg,
-                                               evaluate_lib._shapes_for(dataset_cfg, partitioner.data_size))
+                                               evaluate_lib.model_input_shapes(dataset_cfg, partitioner.data_size))
     written = {}
     for task in seqio.get_subtasks(mixture):
         if dataset_cfg.split not in task.splits:

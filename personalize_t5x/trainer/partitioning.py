@@ -18,9 +18,11 @@ import dataclasses
 import logging
 from typing import Any, Callable, Optional, Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import numpy as np
+from flax import traverse_util
 from flax.core import meta as flax_meta
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -247,39 +249,15 @@ def logical_axes_of(variables: Any) -> Any:
     boxed `nn.Partitioned` metadata, whichever the model uses; parameters with neither
     are replicated (None).
     """
-    params = variables["params"]
+    params = flax.core.unfreeze(variables["params"])
+    flat_params = traverse_util.flatten_dict(params)
+    flat_axes = {}
     if "params_axes" in variables:
-        axes = nn.partitioning.get_axis_names(variables["params_axes"])
-        flat_axes = {k: v for k, v in flax_traverse(axes)}
-    else:
-        flat_axes = {}
-    boxed = jax.tree.map(lambda x: x, params, is_leaf=lambda x: isinstance(x, flax_meta.AxisMetadata))
-
-    def spec_for(path, leaf):
-        if isinstance(leaf, nn.Partitioned):
-            return PartitionSpec(*leaf.names)
-        key = tuple(_key_name(k) for k in path)
-        return flat_axes.get(key)
-
-    return jax.tree_util.tree_map_with_path(
-        spec_for, boxed, is_leaf=lambda x: isinstance(x, flax_meta.AxisMetadata))
-
-
-def flax_traverse(tree: Any, prefix: tuple = ()):
-    """(path tuple, PartitionSpec) pairs of a nested dict of PartitionSpecs."""
-    if isinstance(tree, PartitionSpec):
-        yield prefix, tree
-        return
-    if hasattr(tree, "items"):
-        for key, value in tree.items():
-            yield from flax_traverse(value, prefix + (str(key),))
-
-
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
+        axes = nn.partitioning.get_axis_names(flax.core.unfreeze(variables["params_axes"]))
+        flat_axes = traverse_util.flatten_dict(flax.core.unfreeze(axes))
+    return traverse_util.unflatten_dict({
+        path: PartitionSpec(*leaf.names) if isinstance(leaf, nn.Partitioned) else flat_axes.get(path)
+        for path, leaf in flat_params.items()})
 
 
 def unbox(tree: Any) -> Any:
@@ -287,42 +265,74 @@ def unbox(tree: Any) -> Any:
     return flax_meta.unbox(tree)
 
 
-def derive_state_shardings(partitioner: PjitPartitioner, state: Any, params: Any,
-                           params_shardings: Any) -> Any:
-    """Shardings for an optimizer state whose leaves mirror the params tree.
+# optax's factored second moment (Adafactor, `scale_by_factored_rms`) keeps, per factored
+# parameter, `v_row` without the parameter's largest dimension and `v_col` without its
+# second largest; every other per-parameter leaf has the parameter's own shape or is a
+# shape-[1] placeholder.
+_FACTORED_FIELDS = ("v_row", "v_col")
 
-    optax states keep one leaf per parameter under the parameter's own path (Adafactor:
-    `v` of the parameter's shape, `v_row` / `v_col` with one dimension reduced). A leaf
-    of the parameter's shape takes its sharding; a leaf with one dimension dropped takes
-    the sharding of the remaining dimensions; anything else (step counters, dummies) is
-    replicated. This is T5X's "optimizer state follows its parameter" rule, stated by
-    shape so it holds for any optax optimizer.
+
+def _factored_dims(shape: Sequence[int]) -> tuple[int, int]:
+    """(second largest, largest) dimension of a factored parameter, as optax picks them.
+
+    optax's own rule (argsort order, which also settles square matrices), so the state's
+    axes are named from the dimensions optax really reduced, never from a shape match.
     """
-    by_path = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        by_path[tuple(_key_name(k) for k in path)] = leaf
-    sharding_by_path = {}
-    for path, sharding in jax.tree_util.tree_flatten_with_path(params_shardings)[0]:
-        sharding_by_path[tuple(_key_name(k) for k in path)] = sharding
+    from optax._src import factorized
 
-    def for_leaf(path, leaf):
-        names = tuple(_key_name(k) for k in path)
-        shape = tuple(np.shape(leaf))
-        for start in range(len(names)):
-            suffix = names[start:]
-            if suffix in by_path:
-                pshape = tuple(np.shape(by_path[suffix]))
-                pspec = list(sharding_by_path[suffix].spec) + [None] * (len(pshape) - len(sharding_by_path[suffix].spec))
-                if shape == pshape:
-                    return sharding_by_path[suffix]
-                if len(shape) == len(pshape) - 1:
-                    # Adafactor drops the larger factored dim for v_row and the other
-                    # for v_col; try the later dimension first (optax's order) then others.
-                    for dropped in reversed(range(len(pshape))):
-                        if pshape[:dropped] + pshape[dropped + 1:] == shape:
-                            spec = pspec[:dropped] + pspec[dropped + 1:]
-                            return NamedSharding(partitioner.mesh, PartitionSpec(*spec))
-                return partitioner.replicated
-        return partitioner.replicated
+    dims = factorized._factored_dims(tuple(shape), True, 0)  # min size 0: the pair, always
+    if dims is None:
+        raise ValueError(f"a parameter of shape {tuple(shape)} has no two dimensions to factor")
+    return dims
 
-    return jax.tree_util.tree_map_with_path(for_leaf, state)
+
+def optimizer_state_logical_axes(opt_state: Any, params: Any, params_axes: Any) -> Any:
+    """Logical PartitionSpecs for an optax optimizer state, from the parameters' axis names.
+
+    optax keeps per-parameter state in subtrees shaped like the params tree (`v`, `mu`,
+    `nu`, Adafactor's `v_row` / `v_col`). Each leaf there takes its parameter's logical
+    axes: all of them for a leaf of the parameter's rank; for a factored moment, those of
+    the dimensions optax kept (`v_row` drops the largest dimension, `v_col` the second
+    largest); none (replicated) for placeholders. Leaves outside such subtrees (step
+    counts, schedule state) are replicated.
+    """
+    params_def = jax.tree.structure(params)
+
+    def mirrors_params(node: Any) -> bool:
+        return (not isinstance(node, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
+                and jax.tree.structure(node) == params_def)
+
+    def axes_of_leaf(field: Optional[str], leaf: Any, param: Any, axes: Optional[PartitionSpec]):
+        shape, param_shape = tuple(np.shape(leaf)), tuple(np.shape(param))
+        names = list(axes) + [None] * (len(param_shape) - len(axes)) if axes is not None else None
+        if field in _FACTORED_FIELDS and len(param_shape) >= 2 and int(np.prod(shape)) > 1:
+            second, largest = _factored_dims(param_shape)
+            dropped = largest if field == "v_row" else second
+            kept_shape = param_shape[:dropped] + param_shape[dropped + 1:]
+            if kept_shape != shape:
+                raise ValueError(f"optimizer state {field} of shape {shape} does not drop dimension {dropped} of "
+                                 f"its parameter's shape {param_shape}: an optax factoring rule this code does not know")
+            return None if names is None else PartitionSpec(*(names[:dropped] + names[dropped + 1:]))
+        if shape == param_shape:
+            return axes
+        if int(np.prod(shape)) <= 1:
+            return None  # a placeholder ([1] or scalar)
+        logger.warning("optimizer state %s of shape %s beside a parameter of shape %s: replicated",
+                       field, shape, param_shape)
+        return None
+
+    def for_node(path, node):
+        if not mirrors_params(node):
+            return jax.tree.map(lambda _: None, node)
+        field = getattr(path[-1], "name", None) if path else None
+        return jax.tree.map(lambda leaf, param, axes: axes_of_leaf(field, leaf, param, axes),
+                            node, params, params_axes, is_leaf=lambda x: x is None or isinstance(x, PartitionSpec))
+
+    return jax.tree_util.tree_map_with_path(for_node, opt_state, is_leaf=mirrors_params)
+
+
+def optimizer_state_shardings(partitioner: PjitPartitioner, opt_state: Any, params: Any, params_axes: Any) -> Any:
+    """NamedShardings of an optax state: its logical axes (above) through the mesh rules."""
+    logical = optimizer_state_logical_axes(opt_state, params, params_axes)
+    return jax.tree.map(lambda spec, leaf: partitioner.logical_to_sharding(spec, np.shape(leaf)),
+                        logical, opt_state, is_leaf=lambda x: x is None or isinstance(x, PartitionSpec))

@@ -16,6 +16,7 @@ import logging
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import flax
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -184,7 +185,7 @@ class Trainer:
         params = partitioning.unbox(abstract_vars["params"])
         param_shardings = self.partitioner.params_shardings(params, logical)
         opt_state = jax.eval_shape(self.optimizer.init, params)
-        opt_shardings = partitioning.derive_state_shardings(self.partitioner, opt_state, params, param_shardings)
+        opt_shardings = partitioning.optimizer_state_shardings(self.partitioner, opt_state, params, logical)
         abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt_state)
         shardings = TrainState(step=self.partitioner.replicated, params=param_shardings, opt_state=opt_shardings)
         self.params_axes = logical
@@ -361,13 +362,14 @@ def param_count(params: Any) -> int:
 
 def model_info_lines(params: Any, logical_axes: Any, shardings: Any = None) -> list[str]:
     """Lines of the model-info file: name, shape, logical axes, mesh axes; then the total."""
-    flat_params = jax.tree_util.tree_flatten_with_path(params)[0]
-    flat_axes = jax.tree.leaves(logical_axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec) or x is None)
-    flat_shardings = jax.tree.leaves(shardings) if shardings is not None else [None] * len(flat_params)
+    flat_params = traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+    flat_axes = traverse_util.flatten_dict(flax.core.unfreeze(logical_axes), sep="/")
+    flat_shardings = (traverse_util.flatten_dict(flax.core.unfreeze(shardings), sep="/")
+                      if shardings is not None else {})
     lines = []
-    width = max((len("/".join(partitioning._key_name(k) for k in path)) for path, _ in flat_params), default=10)
-    for (path, leaf), axes, sharding in zip(flat_params, flat_axes, flat_shardings):
-        name = "/".join(partitioning._key_name(k) for k in path)
+    width = max(map(len, flat_params), default=10)
+    for name in sorted(flat_params):
+        leaf, axes, sharding = flat_params[name], flat_axes.get(name), flat_shardings.get(name)
         shape = tuple(np.shape(leaf))
         logical = tuple(axes) if axes is not None else None
         mesh = tuple(sharding.spec) if sharding is not None else None

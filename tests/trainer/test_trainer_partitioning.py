@@ -93,15 +93,72 @@ def test_microbatches_sum_to_the_whole_batch_gradient():
         trainer_lib.Trainer(model=tiny_model(), partitioner=partitioning.PjitPartitioner(), num_microbatches=0)
 
 
-def test_factored_adafactor_state_follows_the_parameter_dims():
-    partitioner = partitioning.PjitPartitioner(mesh_shape=(2, 4))
-    params = {"dense": {"kernel": np.zeros((256, 512), np.float32)}}
-    logical = {"dense": {"kernel": P("embed", "mlp")}}
-    shardings = partitioner.params_shardings(params, logical)
+def test_factored_adafactor_state_takes_the_axis_names_of_the_dims_optax_kept():
+    partitioner = partitioning.PjitPartitioner(mesh_shape=(2, 4), logical_axis_rules=partitioning.standard_logical_axis_rules(
+        parameter_partitioning_dims=2))
+    params = {"dense": {"kernel": np.zeros((256, 512), np.float32)},
+              "square": {"kernel": np.zeros((256, 256), np.float32)},
+              "scale": np.zeros((256,), np.float32)}
+    logical = {"dense": {"kernel": P("embed", "mlp")}, "square": {"kernel": P("embed", "joined_kv")},
+               "scale": P("embed")}
     opt_state = jax.eval_shape(trainer_lib.adafactor(1e-3).init, params)
-    derived = partitioning.derive_state_shardings(partitioner, opt_state, params, shardings)
-    factored = derived[0]
+    derived = partitioning.optimizer_state_shardings(partitioner, opt_state, params, logical)[0]
+    # [256, 512]: v_row drops the larger (mlp) dimension, v_col the embed one.
     assert opt_state[0].v_row["dense"]["kernel"].shape == (256,)
-    assert factored.v_row["dense"]["kernel"].spec == P(None)  # the embed dim: replicated
-    assert factored.v_col["dense"]["kernel"].spec == P("model")  # the mlp dim: sharded
-    assert factored.count.spec == P()
+    assert derived.v_row["dense"]["kernel"].spec == P("data")
+    assert derived.v_col["dense"]["kernel"].spec == P("model")
+    # Square: the shapes of v_row and v_col are equal, their dimensions are not. optax
+    # reduces dimension 1 into v_row and dimension 0 into v_col.
+    assert derived.v_row["square"]["kernel"].spec == P("data")
+    assert derived.v_col["square"]["kernel"].spec == P("model")
+    assert derived.v["square"]["kernel"].spec == P()  # the [1] placeholder of a factored moment
+    assert derived.v["scale"].spec == P("data")  # unfactored: the parameter's own axes
+    assert derived.count.spec == P()
+
+
+def _square_model():
+    """Attention kernels [embed, joined_kv] of 128 x 128: square, and factored by Adafactor."""
+    from personalize_t5x.network import t5
+    from personalize_t5x.trainer import models
+
+    config = t5.T5Config(vocab_size=128, emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
+                         num_encoder_layers=1, num_decoder_layers=1, mlp_activations=("gelu", "linear"))
+    return models.EncoderDecoderModel(t5.Transformer(config), z_loss=1e-4)
+
+
+def test_eight_devices_with_data_and_model_axes_train_as_one_device_with_factored_square_kernels():
+    batch = packed_batch()
+    lr = trainer_lib.create_learning_rate_scheduler(base_learning_rate=0.01, warmup_steps=2)
+    results = {}
+    initial = None
+    for shape in [(1, 1), (2, 4)]:
+        rules = partitioning.standard_logical_axis_rules(parameter_partitioning_dims=2)
+        partitioner = partitioning.PjitPartitioner(mesh_shape=shape, devices=jax.devices()[:shape[0] * shape[1]],
+                                                   logical_axis_rules=rules)
+        trainer = trainer_lib.Trainer(model=_square_model(), partitioner=partitioner, learning_rate_fn=lr)
+        if initial is None:
+            state = trainer.init_state(jax.random.PRNGKey(0), input_shapes(batch))
+            initial = jax.tree.map(np.asarray, jax.device_get(state.params))
+        else:
+            state = trainer.init_state(None, input_shapes(batch), params=initial)
+        losses = []
+        for _ in range(3):
+            state, metrics = trainer.train_step(state, batch, jax.random.PRNGKey(7))
+            losses.append(float(metrics["loss"]))
+        results[shape] = (losses, jax.device_get(state))
+        if shape == (2, 4):
+            factored = state.opt_state[0]
+            query = ["encoder", "layers_0", "attention", "query", "kernel"]
+            pick = lambda tree: tree[query[0]][query[1]][query[2]][query[3]][query[4]]  # noqa: E731
+            assert pick(state.params).shape == (128, 128)
+            assert pick(state.params).sharding.spec == P("data", "model")
+            assert pick(factored.v_row).shape == pick(factored.v_col).shape == (128,)
+            assert pick(factored.v_row).sharding.spec == P("data")  # embed kept
+            assert pick(factored.v_col).sharding.spec == P("model")  # joined_kv kept
+    (ref_losses, ref_state), (losses, state) = results[(1, 1)], results[(2, 4)]
+    assert ref_losses[2] < ref_losses[0], ref_losses
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-4)
+    for a, b in zip(jax.tree.leaves(ref_state.params), jax.tree.leaves(state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+    for a, b in zip(jax.tree.leaves(ref_state.opt_state), jax.tree.leaves(state.opt_state)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-9)
