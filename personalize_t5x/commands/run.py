@@ -81,7 +81,6 @@ def experiment(
     decoding: str = "greedy",
     beam_size: int = 4,
     eval_split: str = "test",
-    max_eval_examples: int | None = None,
     checkpoint_period: int = 200,
     # report
     alpha: float = 0.01,
@@ -114,7 +113,7 @@ def experiment(
             train_steps=train_steps, batch_size=batch_size, inputs_length=lengths["inputs"],
             targets_length=lengths["targets"], learning_rate=learning_rate, schedule=schedule,
             warmup_steps=warmup_steps, decoding=decoding, beam_size=beam_size, eval_split=eval_split,
-            max_eval_examples=max_eval_examples, checkpoint_period=checkpoint_period),
+            checkpoint_period=checkpoint_period),
         seed=seed,
         report=config_lib.ReportSpec(alpha=alpha, html_examples=html_examples),
     )

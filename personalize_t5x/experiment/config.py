@@ -106,7 +106,6 @@ class Budget:
       warmup_steps: the paper schedule's linear warm-up.
       decoding: 'greedy' or 'beam' (beam_size beams, brevity alpha 0.6, as T5X).
       eval_split: the split the report scores (the paper: test users).
-      max_eval_examples: score at most this many examples of eval_split (None: all).
       checkpoint_period: steps between checkpoints (a crash loses at most this many).
     """
 
@@ -120,7 +119,6 @@ class Budget:
     decoding: str = "greedy"
     beam_size: int = 4
     eval_split: str = "test"
-    max_eval_examples: int | None = None
     checkpoint_period: int = 200
 
     def __post_init__(self):
@@ -132,8 +130,6 @@ class Budget:
             raise ValueError(f"budget.decoding must be 'greedy' or 'beam', got {self.decoding!r}")
         if self.eval_split not in feature_names.SPLITS:
             raise ValueError(f"budget.eval_split must be one of {feature_names.SPLITS}, got {self.eval_split!r}")
-        if self.max_eval_examples is not None:
-            _positive("budget", "max_eval_examples", self.max_eval_examples)
         if not float(self.learning_rate) > 0:
             raise ValueError(f"budget.learning_rate must be > 0, got {self.learning_rate!r}")
 

@@ -220,8 +220,7 @@ def run_experiment(*, config: config_lib.ExperimentConfig, stream=None) -> Exper
 
     vocab_size = stages.model_vocab_size(paths.vocabulary)
     registered = False
-    budget_for_training = dataclasses.replace(config.budget, decoding="greedy", beam_size=1, eval_split="test",
-                                              max_eval_examples=None)
+    budget_for_training = dataclasses.replace(config.budget, decoding="greedy", beam_size=1, eval_split="test")
     row_timings: list[float] = []
     predictions: dict[str, str] = {}
     for row in config.variants:

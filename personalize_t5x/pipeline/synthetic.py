@@ -111,11 +111,11 @@ def generate_corpus(
 # The demo must show what the method is for: past passages carry information about how a
 # user writes that the start of the current passage does not. So each demo persona owns
 # things no other persona uses together and that appear in every one of its documents,
-# but *after* the first 150 characters (the immediate context): a name and a home town in
-# its sign-off, and two habit sentences about its own gear (invented brand names drawn
-# from a large pool, so that a model cannot memorise them across users). The start of a
-# document (title, a generic opener, one generic sentence on the persona's topic) tells
-# only the topic. Test users are never seen in training, so only a model that reads
+# but *after* the immediate context (the demo's first 50 characters): a name and a home
+# town in its sign-off, and two habit sentences about its own gear (invented brand names
+# drawn from a large pool, so that a model cannot memorise them across users). The start
+# of a document (a title on the persona's topic and a generic opener) tells only the
+# topic. Test users are never seen in training, so only a model that reads
 # their past passages can write their habits and sign-off.
 
 DEMO_NAMES = [
@@ -148,16 +148,12 @@ DEMO_SIGN_OFFS = [
     "Warm regards from {place}, {name}.", "Until next time, {name} in {place}.",
     "Cheers from {place}, {name}.", "Signing off from {place}, {name}.",
 ]
+# Each at least 40 characters: with the shortest title (12 characters with its newline)
+# the persona's first brand starts after character 56, outside a 50-character start.
 DEMO_OPENERS = [
-    "Here is a small update from me.", "A quick note for everyone.", "So, a little story from this week.",
-    "Something I noticed recently.", "Just sharing what happened.", "A short report for the group.",
-]
-DEMO_GENERIC = [
-    "This week I spent a lot of time on the {a} and the {b}.",
-    "I keep thinking about how the {a} changes the {b}.",
-    "Lately the {a} has been the main thing on my mind, more than the {b}.",
-    "Most of the effort went into the {a}, and a bit into the {b}.",
-    "People often ask me about the {a} and the {b}.",
+    "Here is a small update from me this week.", "A quick note for everyone in the group.",
+    "So, a little story from the last few days.", "Something I noticed recently, for the record.",
+    "Just sharing what happened since last time.", "A short report for the group, as promised.",
 ]
 
 
@@ -175,14 +171,12 @@ def _demo_persona(rng: random.Random, index: int) -> dict:
 
 
 def _demo_document(rng: random.Random, persona: dict) -> tuple[str, str]:
-    """Title and a generic opener (the immediate context), one generic sentence on the
-    topic, then the persona's own block: its two habits and its sign-off, always in the
-    same order, as a person who signs every post the same way."""
-    words = TOPICS[persona["topic"]]
-    a, b, c, d = rng.sample(words, 4)
+    """A title on the persona's topic and a generic opener (the immediate context), then
+    the persona's own block: its two habits and its sign-off, always in the same order,
+    as a person who signs every post the same way."""
+    a, b = rng.sample(TOPICS[persona["topic"]], 2)
     sentences = [
         rng.choice(DEMO_OPENERS),
-        rng.choice(DEMO_GENERIC).format(a=c, b=d),
         *persona["habits"],
         persona["sign_off"].format(name=persona["name"], place=persona["place"]),
     ]
@@ -191,24 +185,29 @@ def _demo_document(rng: random.Random, persona: dict) -> tuple[str, str]:
 
 def generate_demo_corpus(*, num_users: int, docs_per_user: int, seed: int = 0,
                          start_timestamp: int = 1_420_070_400, user_prefix: str = "demo_user",
-                         short_fraction: float = 0.0) -> Iterator[Document]:
+                         short_fraction: float = 0.0, repost_fraction: float = 0.0) -> Iterator[Document]:
     """The bundled demo corpus: personas whose habits and sign-off only past passages show.
 
-    `short_fraction` of documents are one-line notes below the paper's 300-character
-    target threshold, so the demo also exercises the paper's filters (they stay in the
-    profiles, as the paper keeps every earlier document).
+    `short_fraction` of documents are one-line notes below the demo's 150-character
+    target threshold and `repost_fraction` repeat an earlier document of the same user
+    word for word, so the demo also exercises the paper's filters (short notes stay in
+    the profiles; reposts are kept once, the earliest).
     """
     rng = random.Random(seed)
     for user_index in range(num_users):
         persona = _demo_persona(rng, user_index)
         timestamp = start_timestamp + rng.randrange(86_400 * 30)
         user_id = f"{user_prefix}{user_index:04d}"
+        previous: list[tuple[str, str]] = []
         for doc_index in range(docs_per_user):
             timestamp += rng.randrange(3_600, 86_400 * 20)
-            if rng.random() < short_fraction:
+            if previous and rng.random() < repost_fraction:
+                title, text = rng.choice(previous)
+            elif rng.random() < short_fraction:
                 a, b = rng.sample(TOPICS[persona["topic"]], 2)
                 title, text = f"{a.capitalize()} note", f"Short one today about the {b}. {persona['habits'][0]}"
             else:
                 title, text = _demo_document(rng, persona)
+            previous.append((title, text))
             yield Document(user_id=user_id, doc_id=f"{user_id}-d{doc_index:03d}", timestamp=timestamp,
                            title=title, text=text)
