@@ -221,7 +221,9 @@ def run_experiment(*, config: config_lib.ExperimentConfig, stream=None) -> Exper
     vocab_size = stages.model_vocab_size(paths.vocabulary)
     registered = False
     budget_for_training = dataclasses.replace(config.budget, decoding="greedy", beam_size=1, eval_split="test")
-    row_timings: list[float] = []
+    # wall seconds of the rows trained and decoded in this call: the next row's ETA
+    train_timings: list[float] = []
+    predict_timings: list[float] = []
     predictions: dict[str, str] = {}
     for row in config.variants:
         f_train = config_lib.fingerprint("train", f_features, f_vocab, row, config.model, budget_for_training,
@@ -231,7 +233,6 @@ def run_experiment(*, config: config_lib.ExperimentConfig, stream=None) -> Exper
             stages.register_tasks(name=config.name, features_dir=paths.features, vocabulary_path=paths.vocabulary,
                                   summary_ranker=config.retrieval.summary_ranker)
             registered = True
-        row_started = time.perf_counter()
 
         def train_body(head, row=row, f_train=f_train):
             train_dir = paths.train_dir(row)
@@ -242,8 +243,10 @@ def run_experiment(*, config: config_lib.ExperimentConfig, stream=None) -> Exper
                 vocab_size=vocab_size, seed=config.seed,
                 on_step=lambda step, total: progress.training(head, step, total, started))
 
-        eta = (f"ETA {_format_seconds(row_timings[-1])} for this row (as the last one)" if row_timings else "")
+        eta = f"ETA {_format_seconds(train_timings[-1])} (as the last row)" if train_timings else ""
         steps.run(f"train/{row}", f_train, train_body, eta=eta)
+        if not steps.records[-1].skipped:
+            train_timings.append(steps.records[-1].wall_s)
 
         def predict_body(head, row=row):
             path = stages.predict_row(task_name=_eval_task(config, row), model_dir=paths.train_dir(row),
@@ -251,8 +254,10 @@ def run_experiment(*, config: config_lib.ExperimentConfig, stream=None) -> Exper
                                       budget=config.budget, vocab_size=vocab_size, seed=config.seed)
             return {"path": path}
 
-        predictions[row] = steps.run(f"predict/{row}", f_predict, predict_body)["path"]
-        row_timings.append(time.perf_counter() - row_started)
+        eta = f"ETA {_format_seconds(predict_timings[-1])} (as the last row)" if predict_timings else ""
+        predictions[row] = steps.run(f"predict/{row}", f_predict, predict_body, eta=eta)["path"]
+        if not steps.records[-1].skipped:
+            predict_timings.append(steps.records[-1].wall_s)
 
     f_report = config_lib.fingerprint("report", [r.fingerprint for r in steps.records], config.report,
                                       report_lib.REPORT_VERSION)
