@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   the whole pipeline on the bundled demo corpus
+#   make demo   the whole experiment on the bundled demo corpus (`run` on experiments/demo.gin)
 #   make test   the test suite (what CI runs)
 # Each creates .venv when missing and installs the pinned stack (requirements.lock).
 
@@ -19,7 +19,7 @@ PEER_VENV ?= .peer-venv
 PEER_STAMP := $(PEER_VENV)/.installed-stamp
 PEER_IF_PRESENT := $(if $(wildcard $(PEERS)/install-t5x.sh),$(PEER_STAMP))
 
-.PHONY: demo test install wordnet bench clean-demo peer-venv shellcheck-tool
+.PHONY: demo test install wordnet bench clean-demo peer-venv shellcheck-tool chromium
 
 # WordNet 3.0 for the SynCtx weak labels (personalize_t5x/pipeline/lexicons.py); Debian/Ubuntu's
 # package installs it under /usr/share/wordnet. Installed only when missing (needs root or sudo).
@@ -45,9 +45,18 @@ $(STAMP): requirements.lock setup.py
 	@touch $(STAMP)
 
 demo: $(STAMP) wordnet
-	$(BIN)/personalize-t5x demo --output-dir demo_output
+	$(BIN)/personalize-t5x run --gin_file=experiments/demo.gin
 
-test: $(STAMP) wordnet $(PEER_IF_PRESENT) shellcheck-tool
+# The HTML report's test renders it in headless Chromium: Debian's package, installed when
+# missing (only for the tests; the demo does not need it).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { echo "installing Debian's chromium (the HTML report's rendering test uses it headless)"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	    { sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive sudo apt-get install -y -qq chromium >/dev/null; } || \
+	    echo "could not install chromium: tests/experiment/test_html_report.py will fail"; }
+
+test: $(STAMP) wordnet chromium $(PEER_IF_PRESENT) shellcheck-tool
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

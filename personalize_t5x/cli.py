@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("personalize_t5x.trainer.eval", "evaluate a checkpoint on a SeqIO task or mixture"),
     "infer": ("personalize_t5x.trainer.infer", "write predictions of a checkpoint as JSONL"),
     "compare": ("personalize_t5x.commands.compare", "paired t-test between two prediction files"),
+    "run": ("personalize_t5x.commands.run", "a whole experiment from a gin file: data, every row, the report"),
     "demo": ("personalize_t5x.commands.demo", "run the whole pipeline on the bundled demo corpus"),
 }
 

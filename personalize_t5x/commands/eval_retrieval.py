@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategies", nargs="+", default=None, choices=feature_names.RANKING_STRATEGIES,
                         help="default: those the features stage computed")
     parser.add_argument("--max-examples", type=positive_int, default=None, help="score the first N examples of each split")
-    parser.add_argument("--no-stemmer", action="store_true", help="ROUGE without Porter stemming")
+    parser.add_argument("--per-example", action="store_true",
+                        help="keep each example's scores in the JSON (for a paired t-test between rankers)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -25,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     with config_values():
         config = retrieval_eval.RetrievalEvalConfig(
             splits=tuple(args.splits), strategies=tuple(args.strategies) if args.strategies else None,
-            max_examples=args.max_examples, use_stemmer=not args.no_stemmer)
+            max_examples=args.max_examples, keep_per_example=args.per_example)
     results = retrieval_eval.evaluate_retrieval(features_dir=args.features_dir, config=config, progress=not args.no_progress)
     paths = retrieval_eval.write_outputs(results, args.output_dir)
     print(retrieval_eval.format_table(results))

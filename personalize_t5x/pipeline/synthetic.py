@@ -104,3 +104,110 @@ def generate_corpus(
             previous.append((title, text))
             yield Document(user_id=user_id, doc_id=f"{user_id}-d{doc_index:04d}", timestamp=timestamp,
                            title=title, text=text)
+
+
+# ------------------------------------------------------------------ the demo's personas
+#
+# The demo must show what the method is for: past passages carry information about how a
+# user writes that the start of the current passage does not. So each demo persona owns
+# things no other persona uses together and that appear in every one of its documents,
+# but *after* the immediate context (the demo's first 50 characters): a name and a home
+# town in its sign-off, and two habit sentences about its own gear (invented brand names
+# drawn from a large pool, so that a model cannot memorise them across users). The start
+# of a document (a title on the persona's topic and a generic opener) tells only the
+# topic. Test users are never seen in training, so only a model that reads
+# their past passages can write their habits and sign-off.
+
+DEMO_NAMES = [
+    "Ada", "Bram", "Cleo", "Dario", "Edda", "Femi", "Greta", "Hugo", "Ines", "Jonas", "Kiri", "Lars",
+    "Mira", "Nico", "Olga", "Pavel", "Quinn", "Rosa", "Sven", "Tala", "Umar", "Vera", "Wim", "Xena",
+    "Yusuf", "Zora", "Anouk", "Boris", "Carla", "Dmitri", "Elif", "Farid", "Gwen", "Hana", "Ivo", "Jade",
+]
+DEMO_PLACES = [
+    "Arden", "Bexley", "Corrin", "Dunmore", "Elsworth", "Fenwick", "Glenhaven", "Harrow", "Islay",
+    "Jarrow", "Kestrel Bay", "Lindale", "Marlow", "Northby", "Oakhurst", "Penrith", "Quarry Hill",
+    "Redcliff", "Stonebridge", "Thornbury", "Upwell", "Valemont", "Westmere", "Yarrow", "Zennor",
+    "Ashcombe", "Birchwood", "Coldharbour", "Dovecote", "Eastleigh",
+]
+# Two invented syllables make a brand: 24 x 24 = 576 brands, none an English word.
+_BRAND_HEADS = ["Var", "Quil", "Zen", "Mor", "Tav", "Brix", "Lum", "Orn", "Pel", "Sko", "Dra", "Fen",
+                "Gal", "Hox", "Jun", "Kel", "Nim", "Rud", "Sol", "Tor", "Vex", "Wal", "Yor", "Cad"]
+_BRAND_TAILS = ["nok", "low", "dra", "tix", "ban", "per", "ola", "ith", "urn", "esk", "avo", "ime",
+                "ock", "ari", "en", "uzz", "ett", "ome", "ax", "ilo", "und", "ova", "eck", "im"]
+DEMO_BRANDS = [h + t for h in _BRAND_HEADS for t in _BRAND_TAILS]
+DEMO_HABITS = [
+    "I always use my {brand} {thing}, nothing else comes close.",
+    "These days everything goes through the {brand} {thing} I bought years ago.",
+    "My trusty {brand} {thing} is still the heart of the whole routine.",
+    "Nothing beats the old {brand} {thing} for this, in my opinion.",
+    "I swear by the {brand} {thing} and I will not switch.",
+    "The {brand} {thing} has never let me down, not once.",
+]
+DEMO_SIGN_OFFS = [
+    "Greetings from {place}, {name}.", "All the best from {place}, {name}.",
+    "Warm regards from {place}, {name}.", "Until next time, {name} in {place}.",
+    "Cheers from {place}, {name}.", "Signing off from {place}, {name}.",
+]
+# Each at least 40 characters: with the shortest title (12 characters with its newline)
+# the persona's first brand starts after character 56, outside a 50-character start.
+DEMO_OPENERS = [
+    "Here is a small update from me this week.", "A quick note for everyone in the group.",
+    "So, a little story from the last few days.", "Something I noticed recently, for the record.",
+    "Just sharing what happened since last time.", "A short report for the group, as promised.",
+]
+
+
+def _demo_persona(rng: random.Random, index: int) -> dict:
+    topic = sorted(TOPICS)[index % len(TOPICS)]
+    things = rng.sample(TOPICS[topic], 2)
+    brands = rng.sample(DEMO_BRANDS, 2)
+    return {
+        "topic": topic,
+        "name": DEMO_NAMES[index % len(DEMO_NAMES)],
+        "place": rng.choice(DEMO_PLACES),
+        "habits": [h.format(brand=b, thing=t) for h, b, t in zip(rng.sample(DEMO_HABITS, 2), brands, things)],
+        "sign_off": rng.choice(DEMO_SIGN_OFFS),
+    }
+
+
+def _demo_document(rng: random.Random, persona: dict) -> tuple[str, str]:
+    """A title on the persona's topic and a generic opener (the immediate context), then
+    the persona's own block: its two habits and its sign-off, always in the same order,
+    as a person who signs every post the same way."""
+    a, b = rng.sample(TOPICS[persona["topic"]], 2)
+    sentences = [
+        rng.choice(DEMO_OPENERS),
+        *persona["habits"],
+        persona["sign_off"].format(name=persona["name"], place=persona["place"]),
+    ]
+    return f"{a.capitalize()} and {b}", " ".join(sentences)
+
+
+def generate_demo_corpus(*, num_users: int, docs_per_user: int, seed: int = 0,
+                         start_timestamp: int = 1_420_070_400, user_prefix: str = "demo_user",
+                         short_fraction: float = 0.0, repost_fraction: float = 0.0) -> Iterator[Document]:
+    """The bundled demo corpus: personas whose habits and sign-off only past passages show.
+
+    `short_fraction` of documents are one-line notes below the demo's 150-character
+    target threshold and `repost_fraction` repeat an earlier document of the same user
+    word for word, so the demo also exercises the paper's filters (short notes stay in
+    the profiles; reposts are kept once, the earliest).
+    """
+    rng = random.Random(seed)
+    for user_index in range(num_users):
+        persona = _demo_persona(rng, user_index)
+        timestamp = start_timestamp + rng.randrange(86_400 * 30)
+        user_id = f"{user_prefix}{user_index:04d}"
+        previous: list[tuple[str, str]] = []
+        for doc_index in range(docs_per_user):
+            timestamp += rng.randrange(3_600, 86_400 * 20)
+            if previous and rng.random() < repost_fraction:
+                title, text = rng.choice(previous)
+            elif rng.random() < short_fraction:
+                a, b = rng.sample(TOPICS[persona["topic"]], 2)
+                title, text = f"{a.capitalize()} note", f"Short one today about the {b}. {persona['habits'][0]}"
+            else:
+                title, text = _demo_document(rng, persona)
+            previous.append((title, text))
+            yield Document(user_id=user_id, doc_id=f"{user_id}-d{doc_index:03d}", timestamp=timestamp,
+                           title=title, text=text)

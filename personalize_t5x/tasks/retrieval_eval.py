@@ -1,8 +1,11 @@
 """Retrieval quality before any training: ROUGE of each ranker's text against the target.
 
-For every split and strategy, ROUGE-1/2/L F-measures (rouge_score, Porter stemming),
-in percent, between `ranked_<strategy>` and `target` of the features stage's TFRecords,
-averaged over examples. A ranker whose text shares more with the document the user
+For every split and strategy, ROUGE-1/2/L F-measures in percent, between
+`ranked_<strategy>` and `target` of the features stage's TFRecords, averaged over
+examples. The scores are those of personalize_t5x.tasks.metrics (the one ROUGE of the
+project: rouge_score, Porter stemming), so a ranker's retrieval ROUGE and a model's
+ROUGE are the same measurement. With `keep_per_example` the per-example scores are kept
+too (by example id), so two rankers can be compared with the paired t-test. A ranker whose text shares more with the document the user
 went on to write gives the generator more to copy style and content from; this table
 lets a user pick a ranker before spending accelerator time.
 
@@ -18,8 +21,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from personalize_t5x import feature_names
 from personalize_t5x.io import files as io_lib
+from personalize_t5x.tasks.metrics import ROUGE_TYPES
 
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 RESULTS_JSON = "retrieval_rouge.json"
 RESULTS_PNG = "retrieval_rouge.png"
 RESULTS_TABLE = "retrieval_rouge.txt"
@@ -35,13 +38,14 @@ class RetrievalEvalConfig:
         (from its report), or all when the report is absent.
       max_examples: score at most this many examples per split (the first ones in shard
         order, so the sample is the same every run); None = all.
-      use_stemmer: Porter stemming in rouge_score, as the paper's metrics do.
+      keep_per_example: also return each example's scores (`per_example`: strategy ->
+        {"example_id": [...], "rouge1": [...], ...}); an empty ranked text scores 0.
     """
 
     splits: tuple[str, ...] = ("validation", "test")
     strategies: tuple[str, ...] | None = None
     max_examples: int | None = None
-    use_stemmer: bool = True
+    keep_per_example: bool = False
 
     def __post_init__(self):
         splits = tuple(self.splits)
@@ -91,31 +95,36 @@ def iter_split_records(features_dir: str, split: str, strategies: Sequence[str])
                 raise InputError(path, number, "<record>", f"invalid UTF-8 in a feature at byte {error.start}") from None
 
 
-def score_records(records: Iterable[dict[str, str]], strategies: Sequence[str], *, use_stemmer: bool = True,
-                  progress: bool = False, desc: str = "") -> dict[str, dict[str, float]]:
-    """Mean ROUGE F-measures (percent) per strategy, plus counts of unscorable texts."""
-    from rouge_score import rouge_scorer
+def score_records(records: Iterable[dict[str, str]], strategies: Sequence[str], *, keep_per_example: bool = False,
+                  progress: bool = False, desc: str = "") -> dict[str, dict[str, Any]]:
+    """Mean ROUGE F-measures (percent) per strategy, plus counts of unscorable texts.
+
+    An empty ranked text (an empty profile) scores 0 and is counted in
+    `empty_ranked_texts`. With keep_per_example, each strategy's row also holds
+    `per_example`: {"example_id": [...], "rouge1": [...], "rouge2": [...], "rougeL": [...]}.
+    """
     from tqdm import tqdm
 
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
-    sums = {s: {r: 0.0 for r in ROUGE_TYPES} for s in strategies}
-    empty = {s: 0 for s in strategies}
-    count = 0
-    for record in tqdm(records, desc=desc, disable=not progress, unit="ex"):
-        count += 1
-        for strategy in strategies:
-            ranked = record[feature_names.ranked_text_feature(strategy)]
-            if not ranked.strip():
-                empty[strategy] += 1  # an empty profile: scores 0, counted
-                continue
-            scores = scorer.score(record[feature_names.TARGET], ranked)
-            for rouge_type in ROUGE_TYPES:
-                sums[strategy][rouge_type] += scores[rouge_type].fmeasure
-    results = {}
+    from personalize_t5x.tasks import metrics  # the project's one ROUGE
+
+    records = list(tqdm(records, desc=desc, disable=not progress, unit="ex"))
+    targets = [record[feature_names.TARGET] for record in records]
+    results: dict[str, dict[str, Any]] = {}
     for strategy in strategies:
-        results[strategy] = {r: (100.0 * sums[strategy][r] / count if count else 0.0) for r in ROUGE_TYPES}
-        results[strategy]["examples"] = count
-        results[strategy]["empty_ranked_texts"] = empty[strategy]
+        ranked = [record[feature_names.ranked_text_feature(strategy)] for record in records]
+        scores = metrics.rouge_per_example(targets, ranked)
+        empty = [i for i, text in enumerate(ranked) if not text.strip()]
+        for i in empty:
+            for rouge_type in ROUGE_TYPES:
+                scores[rouge_type][i] = 0.0
+        count = len(records)
+        row: dict[str, Any] = {r: (sum(scores[r]) / count if count else 0.0) for r in ROUGE_TYPES}
+        row["examples"] = count
+        row["empty_ranked_texts"] = len(empty)
+        if keep_per_example:
+            row["per_example"] = {"example_id": [record[feature_names.EXAMPLE_ID] for record in records],
+                                  **{r: list(scores[r]) for r in ROUGE_TYPES}}
+        results[strategy] = row
     return results
 
 
@@ -125,12 +134,12 @@ def evaluate_retrieval(*, features_dir: str, config: RetrievalEvalConfig, progre
 
     strategies = config.strategies or computed_strategies(features_dir)
     results: dict[str, Any] = {"strategies": list(strategies), "max_examples": config.max_examples,
-                               "use_stemmer": config.use_stemmer, "splits": {}}
+                               "use_stemmer": True, "splits": {}}
     for split in config.splits:
         records: Iterable[dict[str, str]] = iter_split_records(features_dir, split, strategies)
         if config.max_examples is not None:
             records = itertools.islice(records, config.max_examples)
-        results["splits"][split] = score_records(records, strategies, use_stemmer=config.use_stemmer,
+        results["splits"][split] = score_records(records, strategies, keep_per_example=config.keep_per_example,
                                                  progress=progress, desc=f"eval-retrieval: {split}")
     return results
 

@@ -98,7 +98,7 @@ def align(a: Sequence[Prediction], b: Sequence[Prediction], *, path_a: str = "A"
     return pairs
 
 
-def _paired_t(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+def paired_t(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     from scipy import stats
 
     differences = [y - x for x, y in zip(a, b)]
@@ -123,7 +123,7 @@ def compare(a: Sequence[Prediction], b: Sequence[Prediction], *, alpha: float = 
     scores_b = metrics.per_example_scores(targets, preds_b)
     rows = []
     for name in metrics.GENERATION_METRICS:
-        t, p = _paired_t(scores_a[name], scores_b[name])
+        t, p = paired_t(scores_a[name], scores_b[name])
         mean_difference = sum(y - x for x, y in zip(scores_a[name], scores_b[name])) / len(pairs)
         rows.append(MetricComparison(name, corpus_a[name], corpus_b[name], mean_difference, t, p, p < alpha))
     return rows

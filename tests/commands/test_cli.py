@@ -48,13 +48,15 @@ def test_convert_then_build_on_the_demo_corpus(tmp_path):
     result = _run("corpus", "convert", "--format", "jsonl", "--input", DEMO, "--output", str(docs))
     assert result.returncode == 0, result.stderr
     stats = _run("corpus", "stats", "--input", str(docs), "--json")
-    assert json.loads(stats.stdout)["documents"] == 640
+    assert json.loads(stats.stdout)["documents"] == 2000
     out = tmp_path / "examples"
-    result = _run("examples", "build", "--input", str(docs), "--output-dir", str(out))
+    # the demo's thresholds (gin/experiments/demo.gin): its posts are short
+    demo_thresholds = ("--context-chars", "50", "--min-target-chars", "150")
+    result = _run("examples", "build", "--input", str(docs), "--output-dir", str(out), *demo_thresholds)
     assert result.returncode == 0, result.stderr
     assert "avg chars of current doc" in result.stdout
     table = json.loads((out / "stats.json").read_text())["splits"]
     for split in ("train", "validation", "test"):
         assert table[split]["examples"] > 0 and table[split]["author_pairs"] > 0
-    again = _run("examples", "build", "--input", str(docs), "--output-dir", str(out))
+    again = _run("examples", "build", "--input", str(docs), "--output-dir", str(out), *demo_thresholds)
     assert again.returncode == 0 and "already built" in again.stdout

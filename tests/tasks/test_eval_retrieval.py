@@ -120,3 +120,24 @@ def test_command_line(tmp_path, capsys):
     assert (tmp_path / "o" / "retrieval_rouge.png").exists()
     status = cli.main(["eval-retrieval", "--features-dir", str(tmp_path / "none"), "--output-dir", str(tmp_path / "o"), "--no-progress"])
     assert status == 2
+
+
+def test_per_example_scores_are_kept_and_are_the_metrics_modules_rouge(tmp_path):
+    from personalize_t5x.tasks import metrics
+
+    _write_features(tmp_path / "f", "test", _records("test"), shards=1)
+    config = retrieval_eval.RetrievalEvalConfig(splits=("test",), strategies=("rank_doc_bm25", "rank_snippet"),
+                                                keep_per_example=True)
+    row = retrieval_eval.evaluate_retrieval(features_dir=str(tmp_path / "f"), config=config, progress=False)["splits"]["test"]
+    per = row["rank_doc_bm25"]["per_example"]
+    records = _records("test")
+    assert per["example_id"] == [r[feature_names.EXAMPLE_ID] for r in records]
+    # the project's one ROUGE (tasks.metrics), example by example
+    expected = metrics.rouge_per_example([r["target"] for r in records], [r["ranked_rank_doc_bm25"] for r in records])
+    for name in ("rouge1", "rouge2", "rougeL"):
+        assert per[name] == pytest.approx(expected[name])
+        assert row["rank_doc_bm25"][name] == pytest.approx(sum(expected[name]) / len(records))
+    assert row["rank_snippet"]["per_example"]["rougeL"] == [0.0, 0.0, 0.0]  # empty ranked texts
+    without = retrieval_eval.evaluate_retrieval(features_dir=str(tmp_path / "f"), progress=False,
+                                                config=retrieval_eval.RetrievalEvalConfig(splits=("test",)))
+    assert "per_example" not in without["splits"]["test"]["rank_doc_bm25"]
