@@ -58,6 +58,7 @@ returned params then have no ``decoder`` and ``num_decoder_layers`` is 0.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
@@ -364,6 +365,28 @@ def _rebuild_parameter(data, *_ignored):
     return data
 
 
+_MEMO_OPCODES = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+
+
+def _check_pickle_program(program: bytes, path: pathlib.Path) -> None:
+    """Refuses a pickle whose opcodes would make the C unpickler allocate without bound
+    before any object is built: a memo index of 3e9 resizes the memo table to 26 GB. A
+    real pickle's memo indices and frame sizes are smaller than the program itself."""
+    import pickletools
+
+    limit = len(program) + 16
+    try:
+        for opcode, argument, position in pickletools.genops(io.BytesIO(program)):
+            if opcode.name in _MEMO_OPCODES and isinstance(argument, int) and argument > limit:
+                raise HFCheckpointError(f"{path}: pickle memo index {argument} at byte {position} (the pickle has {len(program)} bytes)")
+            if opcode.name == "FRAME" and argument > len(program):
+                raise HFCheckpointError(f"{path}: pickle frame of {argument} bytes at byte {position} (the pickle has {len(program)})")
+    except HFCheckpointError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, EOFError) as exc:  # pickletools' own complaints
+        raise HFCheckpointError(f"{path}: not a readable pickle ({exc!s:.200})") from None
+
+
 def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Tensors of a ``torch.save``'d state dict (zip format, torch >= 1.6), without PyTorch.
 
@@ -431,8 +454,9 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                             raise HFCheckpointError(f"{path}: bool storage {key!r} holds bytes other than 0 and 1")
                     return storages[key]
 
-            with archive.open(pickles[0]) as handle:
-                state = Unpickler(handle).load()
+            program = archive.read(pickles[0])
+            _check_pickle_program(program, path)
+            state = Unpickler(io.BytesIO(program)).load()
     except HFCheckpointError as exc:
         message = str(exc)
         raise HFCheckpointError(message if message.startswith(str(path)) else f"{path}: {message}") from None

@@ -202,3 +202,17 @@ def test_fuzzed_archives_end_in_a_result_or_one_error_never_a_crash(tmp_path):
     assert result.returncode == 0, (result.returncode, result.stderr[-3000:])
     counts = json.loads(result.stdout.strip().splitlines()[-1].replace("'", '"'))
     assert counts["read"] > 0 and counts["refused"] > 0, counts
+    # No hostile archive may make the loader allocate without bound (a flipped memo index
+    # once asked the C unpickler for a 26 GB memo table): the child's peak stays small.
+    import resource
+
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert peak_mb < 1024, f"the fuzz child peaked at {peak_mb:.0f} MB"
+
+
+def test_pickle_memo_bomb_is_refused_before_unpickling(tmp_path):
+    path = tmp_path / "pytorch_model.bin"
+    bomb = b"\x80\x02}r\x16\x1a\xff\xc3."  # EMPTY_DICT, LONG_BINPUT 3288275478, STOP
+    write_archive(path, [], {}, pickle_bytes=bomb)
+    with pytest.raises(HFCheckpointError, match="pickle memo index 3288275478 at byte 3"):
+        read_torch_state_dict(path)
