@@ -108,19 +108,24 @@ def project_module(name: str, flags: list[str], *, cwd: pathlib.Path, env: dict)
                         cwd=cwd, env=env, log=cwd / f"project_{name}.log")
 
 
-def project_abstract_params():
-    import jax
-
+def project_model():
+    """The project's side of gin/t5x/t5_1_1_tiny.gin: gin/models/t5_1_1_tiny.gin at VOCAB_SIZE."""
     from personalize_t5x.network import t5
     from personalize_t5x.trainer import models
 
     config = t5.T5Config(vocab_size=VOCAB_SIZE, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
                          num_encoder_layers=2, num_decoder_layers=2, mlp_activations=("gelu", "linear"))
-    model = models.EncoderDecoderModel(t5.Transformer(config))
-    shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8), "decoder_target_tokens": (1, 8)}
-    variables = jax.eval_shape(lambda r: model.get_initial_variables(r, shapes), jax.random.PRNGKey(0))
+    return models.EncoderDecoderModel(t5.Transformer(config))
+
+
+def project_abstract_params():
+    import jax
+
     from personalize_t5x.trainer import partitioning
 
+    model = project_model()
+    shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8), "decoder_target_tokens": (1, 8)}
+    variables = jax.eval_shape(lambda r: model.get_initial_variables(r, shapes), jax.random.PRNGKey(0))
     return partitioning.unbox(variables["params"])
 
 
@@ -210,10 +215,9 @@ def _optax_second_moments(opt_state) -> dict[str, np.ndarray]:
                    "checkpoint_N/default/, T5X restores checkpoint_N/state/ with T5X's tree names")
 def test_t5x_restores_a_project_checkpoint_and_continues_training(work, env, vocab_flag):
     import jax
+    from flax import traverse_util
 
     from personalize_t5x.trainer import checkpoints, partitioning, trainer as trainer_lib
-    from personalize_t5x.trainer import models
-    from personalize_t5x.network import t5
 
     model_dir = work / "project_model"
     project_module("train", [f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{MIXTURE}'",
@@ -221,9 +225,7 @@ def test_t5x_restores_a_project_checkpoint_and_continues_training(work, env, voc
                              "--gin.BATCH_SIZE=8", "--gin.EVAL_PERIOD=0", f"--gin.CHECKPOINT_PERIOD={PROJECT_STEPS}",
                              "--gin.DROPOUT_RATE=0.0"], cwd=work, env=env)
     # What the project wrote, read back by the project.
-    config = t5.T5Config(vocab_size=VOCAB_SIZE, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
-                         num_encoder_layers=2, num_decoder_layers=2, mlp_activations=("gelu", "linear"))
-    trainer = trainer_lib.Trainer(model=models.EncoderDecoderModel(t5.Transformer(config)),
+    trainer = trainer_lib.Trainer(model=project_model(),
                                   partitioner=partitioning.PjitPartitioner(devices=jax.devices()[:1]))
     shapes = {"encoder_input_tokens": (8, 64), "decoder_input_tokens": (8, 32), "decoder_target_tokens": (8, 32)}
     abstract, shardings, _ = trainer.abstract_state(shapes)
@@ -232,8 +234,6 @@ def test_t5x_restores_a_project_checkpoint_and_continues_training(work, env, voc
 
     t5x_state = peer_restore(model_dir / f"checkpoint_{PROJECT_STEPS}", work / "project_state.npz", env, vocab_flag)
     assert int(t5x_state["state/step"]) == PROJECT_STEPS == int(own.step)
-    from flax import traverse_util
-
     for name, value in traverse_util.flatten_dict(jax.device_get(own.params), sep="/").items():
         np.testing.assert_array_equal(t5x_state[f"target/{name}"], value, err_msg=name)
     moments = _optax_second_moments(jax.device_get(own.opt_state))
