@@ -211,8 +211,6 @@ def _optax_second_moments(opt_state) -> dict[str, np.ndarray]:
     return moments
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 2 (the ckpt engineer): the project still writes "
-                   "checkpoint_N/default/, T5X restores checkpoint_N/state/ with T5X's tree names")
 def test_t5x_restores_a_project_checkpoint_and_continues_training(work, env, vocab_flag):
     import jax
     from flax import traverse_util
