@@ -424,9 +424,43 @@ def _restore_item(item_dir: pathlib.Path, target: Any, *, source: pathlib.Path, 
     try:
         return _orbax_restore(item_dir, target, partial=partial)
     except Exception as error:  # tensorstore/orbax raise many types for damaged files
+        _drop_closed_loop_callbacks()
         where = _locate(error, target) or _first_unreadable(item_dir, target)
         raise CheckpointError(f"checkpoint {source}: {item_dir.name}/ cannot be read "
                               f"({where}{_one_line(error)})") from None
+
+
+def _drop_closed_loop_callbacks() -> None:
+    """Keeps orbax's aborted reads from printing `RuntimeError: Event loop is closed`.
+
+    When one read of a damaged checkpoint fails, orbax's asyncio loop closes while
+    TensorStore still completes the other reads, and each completion's callback prints that
+    traceback (through sys.excepthook, from TensorStore's threads) for the rest of the run.
+    The CheckpointError has already said what is wrong; only that exact error is dropped.
+    """
+    import sys
+
+    def closed_loop(kind, value) -> bool:
+        return kind is RuntimeError and str(value) == "Event loop is closed"
+
+    if not getattr(sys.excepthook, "_drops_closed_loop", False):
+        previous_excepthook = sys.excepthook
+
+        def excepthook(kind, value, traceback):
+            if not closed_loop(kind, value):
+                previous_excepthook(kind, value, traceback)
+
+        excepthook._drops_closed_loop = True
+        sys.excepthook = excepthook
+    if not getattr(sys.unraisablehook, "_drops_closed_loop", False):
+        previous_unraisablehook = sys.unraisablehook
+
+        def unraisablehook(unraisable):
+            if not closed_loop(unraisable.exc_type, unraisable.exc_value):
+                previous_unraisablehook(unraisable)
+
+        unraisablehook._drops_closed_loop = True
+        sys.unraisablehook = unraisablehook
 
 
 def _orbax_restore(item_dir: pathlib.Path, target: Any, *, partial: bool) -> Any:
