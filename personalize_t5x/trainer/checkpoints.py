@@ -34,7 +34,7 @@ import pathlib
 import re
 import shutil
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional
 
 import flax.traverse_util
 import jax
@@ -276,16 +276,14 @@ def _item_dir(step_dir: pathlib.Path) -> pathlib.Path:
     return step_dir
 
 
-def _is_orbax_step_dir(path: pathlib.Path) -> bool:
-    # A finished orbax step: orbax renames the temporary folder only after the commit,
-    # and writes _CHECKPOINT_METADATA into it; both layouts (state/, default/) count.
+def _is_own_step_dir(path: pathlib.Path) -> bool:
+    """A finished orbax step folder in either layout (T5X's orbax checkpoints included).
+
+    orbax renames the temporary folder only after the commit and writes
+    _CHECKPOINT_METADATA into it, so a save killed midway never matches.
+    """
     return ((path / "_CHECKPOINT_METADATA").exists()
             and ((path / STATE_ITEM / "_METADATA").exists() or (path / LEGACY_ITEM).is_dir()))
-
-
-def _is_own_step_dir(path: pathlib.Path) -> bool:
-    """A step folder written by orbax in either layout (T5X's orbax checkpoints included)."""
-    return _is_orbax_step_dir(path)
 
 
 def is_own_checkpoint(path: str) -> bool:
@@ -294,13 +292,24 @@ def is_own_checkpoint(path: str) -> bool:
     return _is_own_step_dir(p) or latest_step_dir(p) is not None
 
 
-def step_dirs(model_dir: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
-    """[(step, folder)] of the finished step folders in `model_dir`, oldest first."""
+def step_dirs(model_dir: pathlib.Path, *, damaged_too: bool = False) -> list[tuple[int, pathlib.Path]]:
+    """[(step, folder)] of the finished orbax step folders in `model_dir`, oldest first.
+
+    `damaged_too` also lists `checkpoint_<step>` folders whose metadata is missing (orbax
+    names a folder so only after its commit, so on resume such a folder is damage to
+    report, not an unfinished save to pass over); T5X legacy folders (a `checkpoint`
+    msgpack file) are never listed.
+    """
     model_dir = pathlib.Path(model_dir)
     if not model_dir.is_dir():
         return []
-    found = [(int(m.group(1)), child) for child in model_dir.iterdir()
-             if (m := _STEP_DIR.match(child.name)) and _is_own_step_dir(child)]
+    found = []
+    for child in model_dir.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if not match or not child.is_dir():
+            continue
+        if _is_own_step_dir(child) or (damaged_too and not (child / "checkpoint").is_file()):
+            found.append((int(match.group(1)), child))
     return sorted(found)
 
 
@@ -365,8 +374,7 @@ def _inspect(step_dir: pathlib.Path) -> _ItemTree:
     step_dir = pathlib.Path(step_dir)
     if not step_dir.is_dir():
         raise CheckpointError(f"checkpoint {step_dir}: no such directory")
-    if (step_dir / "_CHECKPOINT_METADATA").exists():
-        _read_json(step_dir / "_CHECKPOINT_METADATA", source=step_dir)
+    _read_json(step_dir / "_CHECKPOINT_METADATA", source=step_dir)
     item = _item_dir(step_dir)
     layout = "t5x" if item.name == STATE_ITEM else "legacy"
     metadata = _read_json(item / "_METADATA", source=step_dir)
@@ -416,9 +424,43 @@ def _restore_item(item_dir: pathlib.Path, target: Any, *, source: pathlib.Path, 
     try:
         return _orbax_restore(item_dir, target, partial=partial)
     except Exception as error:  # tensorstore/orbax raise many types for damaged files
+        _drop_closed_loop_callbacks()
         where = _locate(error, target) or _first_unreadable(item_dir, target)
         raise CheckpointError(f"checkpoint {source}: {item_dir.name}/ cannot be read "
                               f"({where}{_one_line(error)})") from None
+
+
+def _drop_closed_loop_callbacks() -> None:
+    """Keeps orbax's aborted reads from printing `RuntimeError: Event loop is closed`.
+
+    When one read of a damaged checkpoint fails, orbax's asyncio loop closes while
+    TensorStore still completes the other reads, and each completion's callback prints that
+    traceback (through sys.excepthook, from TensorStore's threads) for the rest of the run.
+    The CheckpointError has already said what is wrong; only that exact error is dropped.
+    """
+    import sys
+
+    def closed_loop(kind, value) -> bool:
+        return kind is RuntimeError and str(value) == "Event loop is closed"
+
+    if not getattr(sys.excepthook, "_drops_closed_loop", False):
+        previous_excepthook = sys.excepthook
+
+        def excepthook(kind, value, traceback):
+            if not closed_loop(kind, value):
+                previous_excepthook(kind, value, traceback)
+
+        excepthook._drops_closed_loop = True
+        sys.excepthook = excepthook
+    if not getattr(sys.unraisablehook, "_drops_closed_loop", False):
+        previous_unraisablehook = sys.unraisablehook
+
+        def unraisablehook(unraisable):
+            if not closed_loop(unraisable.exc_type, unraisable.exc_value):
+                previous_unraisablehook(unraisable)
+
+        unraisablehook._drops_closed_loop = True
+        sys.unraisablehook = unraisablehook
 
 
 def _orbax_restore(item_dir: pathlib.Path, target: Any, *, partial: bool) -> Any:
@@ -561,19 +603,6 @@ def has_optimizer_state(step_dir: pathlib.Path) -> bool:
     info = _inspect(pathlib.Path(step_dir))
     prefix = "state/param_states" if info.layout == "t5x" else "opt_state"
     return any(name == prefix or name.startswith(prefix + "/") for name in info.shapes)
-
-
-def restore_step(step_dir: pathlib.Path) -> Optional[int]:
-    """The step stored in an orbax step folder (T5X's `state/step`), or None if it has none."""
-    info = _inspect(pathlib.Path(step_dir))
-    name = "state/step" if info.layout == "t5x" else "step"
-    if name not in info.shapes:
-        return None
-    restored = _restore_partial(info.item_dir, flax.traverse_util.unflatten_dict(
-        {name: jax.ShapeDtypeStruct((), np.int32)}, sep="/"), source=pathlib.Path(step_dir))
-    value = flatten(restored)[name]
-    verify_arrays(restored, {name: (info.checksums or {}).get(name)}, source=str(step_dir))
-    return int(np.asarray(value))
 
 
 def load_initial_params(path: str, abstract_params: Any, *, dtype: str = "float32") -> Any:
@@ -774,7 +803,7 @@ def resume(model_dir: pathlib.Path, abstract_state: Any, shardings: Any, *, fall
     the next older one is tried, and so on.
     """
     restore_fn = restore_fn or (lambda d: restore_state_dict(d, abstract_state, shardings))
-    candidates = step_dirs(model_dir)
+    candidates = step_dirs(model_dir, damaged_too=True)
     while candidates:
         step, folder = candidates[-1]
         try:

@@ -144,3 +144,13 @@ def test_momentum_is_t5xs_m_and_other_optimizers_are_refused():
     assert tree["state"]["param_states"]["a"]["kernel"]["m"].shape == (4, 4)
     with pytest.raises(checkpoints.CheckpointError, match="Adafactor"):
         checkpoints.t5x_state_dict(np.int32(0), params, optax.adam(1e-3).init(params), placeholder=lambda p: p)
+
+
+def test_a_step_folder_missing_its_tree_is_reported_not_passed_over(tmp_path):
+    damaged = tmp_path / "checkpoint_5"
+    (damaged / "state").mkdir(parents=True)
+    (damaged / "_CHECKPOINT_METADATA").write_text("{}")
+    with pytest.raises(checkpoints.CheckpointError,
+                       match=r"checkpoint_5: _METADATA is missing.*no older checkpoint: move checkpoint_5 away"):
+        checkpoints.resume(tmp_path, None, None, fallback=True, fallback_option="--gin.RESUME_FALLBACK=True")
+    assert damaged.exists()  # nothing to fall back to: left where it is
