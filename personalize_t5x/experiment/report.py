@@ -32,7 +32,7 @@ from personalize_t5x.io import files as io_lib
 from personalize_t5x.tasks import metrics
 from personalize_t5x.tasks import prompts
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 IMMED_CTX = "immed_ctx"
 COPY_START = "copy_start"
 METRIC_LABELS = {"bleu": "BLEU", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
@@ -184,7 +184,8 @@ def retrieval_table(retrieval: Mapping[str, Any], *, alpha: float) -> dict[str, 
     from personalize_t5x.tasks import significance
 
     (split, by_strategy), = retrieval["splits"].items()
-    strategies = list(by_strategy)
+    # in the experiment's order (JSON files sort their keys)
+    strategies = [s for s in retrieval.get("strategies", by_strategy) if s in by_strategy]
     reference = strategies[0]
     table = {"split": split, "reference": reference, "rankers": []}
     for strategy in strategies:

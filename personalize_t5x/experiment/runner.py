@@ -265,7 +265,7 @@ def run_experiment(*, config: config_lib.ExperimentConfig, stream=None) -> Exper
     def report_body(head):
         return report_lib.write_report(config=config, predictions=predictions, examples_dir=paths.examples,
                                        retrieval_path=paths.retrieval, dataset_stats=dataset_stats,
-                                       output_dir=paths.report, step_timings=_timings(paths),
+                                       output_dir=paths.report, step_timings=_timings(paths, config),
                                        features_dir=paths.features)
 
     report_paths = steps.run("report", f_report, report_body)
@@ -278,14 +278,15 @@ def run_experiment(*, config: config_lib.ExperimentConfig, stream=None) -> Exper
     return result
 
 
-def _timings(paths: Paths) -> dict[str, dict[str, float]]:
-    """Wall and CPU seconds of every finished step (from steps/*.json)."""
+def _timings(paths: Paths, config: config_lib.ExperimentConfig) -> dict[str, dict[str, float]]:
+    """Wall and CPU seconds of every finished step (from steps/*.json), in step order."""
     timings = {}
-    for name in sorted(os.listdir(paths.steps)):
-        if name.endswith(".json"):
-            with open(os.path.join(paths.steps, name), encoding="utf-8") as f:
+    for name in step_names(config):
+        path = os.path.join(paths.steps, name.replace("/", "_") + ".json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
                 marker = json.load(f)
-            timings[name[:-5]] = {"wall_s": marker.get("wall_s", 0.0), "cpu_s": marker.get("cpu_s", 0.0)}
+            timings[name] = {"wall_s": marker.get("wall_s", 0.0), "cpu_s": marker.get("cpu_s", 0.0)}
     return timings
 
 

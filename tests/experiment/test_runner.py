@@ -51,7 +51,18 @@ def test_run_report_rerun_and_resume(tmp_path, monkeypatch):
     paths = runner.Paths(config)
     assert (tmp_path / "out" / "steps" / "predict_immed_ctx.json").exists()
     assert not (tmp_path / "out" / "steps" / "train_recent_doc.json").exists()
-    assert (tmp_path / "out" / "rows" / "recent_doc" / "train" / "checkpoint_2").is_dir()
+    # Checkpoints are committed asynchronously (orbax): wait for the step-2 one to land.
+    import pathlib
+    import time
+
+    from personalize_t5x.trainer import checkpoints as checkpoints_lib
+
+    train_dir = pathlib.Path(tmp_path / "out" / "rows" / "recent_doc" / "train")
+    deadline = time.monotonic() + 60
+    while checkpoints_lib.latest_step_dir(train_dir) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    latest = checkpoints_lib.latest_step_dir(train_dir)
+    assert latest is not None and latest.name == "checkpoint_2"
     monkeypatch.setattr(runner.Progress, "training", original)
 
     out = io.StringIO()
