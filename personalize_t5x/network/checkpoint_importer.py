@@ -31,6 +31,7 @@ import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
+from flax import traverse_util
 
 from personalize_t5x.errors import PersonalizeError
 from personalize_t5x.io import files as io_files
@@ -127,28 +128,14 @@ def detect_format(path: str) -> str:
 # ---------------------------------------------------------------------------
 # Tree helpers.
 # ---------------------------------------------------------------------------
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+def flatten(tree: Mapping[str, Any]) -> Dict[str, Any]:
     """Nested dicts -> ``{'a/b/c': leaf}``."""
-    out: Dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name))
-        else:
-            out[name] = value
-    return out
+    return traverse_util.flatten_dict(dict(tree), sep="/")
 
 
 def unflatten(flat: Mapping[str, Any]) -> Dict[str, Any]:
     """``{'a/b/c': leaf}`` -> nested dicts."""
-    out: Dict[str, Any] = {}
-    for name, value in flat.items():
-        node = out
-        parts = name.split("/")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return out
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
 def _shape_of(x: Any) -> Tuple[int, ...]:
@@ -358,18 +345,7 @@ def _materialize_legacy(flat: Mapping[str, Any], ckpt_dir: str, prefix: str) -> 
 
 def _flatten_legacy(tree: Mapping[str, Any]) -> Dict[str, Any]:
     """Flattens, keeping TensorStore spec dicts as leaves."""
-    out: Dict[str, Any] = {}
-
-    def walk(node, prefix):
-        for key, value in node.items():
-            name = f"{prefix}/{key}" if prefix else str(key)
-            if isinstance(value, Mapping) and not _is_ts_spec(value):
-                walk(value, name)
-            else:
-                out[name] = value
-
-    walk(tree, "")
-    return out
+    return traverse_util.flatten_dict(dict(tree), is_leaf=lambda _, node: _is_ts_spec(node), sep="/")
 
 
 def _load_legacy(ckpt_dir: str, expected_shapes: Any, with_optimizer_state: bool) -> T5XCheckpoint:

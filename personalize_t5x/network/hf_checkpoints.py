@@ -66,6 +66,7 @@ from typing import Any, Mapping
 
 import ml_dtypes  # importing it also registers bfloat16 with numpy, so bf16 safetensors load
 import numpy as np
+from flax import traverse_util
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
@@ -536,15 +537,8 @@ def _get_path(tree: Mapping[str, Any], path: str) -> Any:
     return node
 
 
-def _leaf_paths(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
-    paths = []
-    for key, value in tree.items():
-        path = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            paths.extend(_leaf_paths(value, path))
-        else:
-            paths.append(path)
-    return paths
+def _leaf_paths(tree: Mapping[str, Any]) -> list[str]:
+    return list(traverse_util.flatten_dict(dict(tree), sep="/"))
 
 
 # --------------------------------------------------------------------------- import
