@@ -57,7 +57,7 @@ chromium:
 	    echo "could not install chromium: tests/experiment/test_html_report.py will fail"; }
 
 test: $(STAMP) wordnet chromium $(PEER_IF_PRESENT) shellcheck-tool
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python bench/examples_bench.py
