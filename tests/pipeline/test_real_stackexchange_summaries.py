@@ -234,7 +234,7 @@ def test_abstractive_sum_ctx_ind_task_and_join(beer, tmp_path):
         example = next(task.get_dataset(sequence_length=None, split="infer_test", shuffle=False).as_numpy_iterator())
         first = records["test"][0]
         assert example[fn.EXAMPLE_ID].decode() == first[fn.EXAMPLE_ID]
-        assert vocabulary.decode(example["inputs"].tolist()).startswith("summarize:")
+        assert example["inputs_pretokenized"].decode() == "summarize: " + first[fn.ranked_text_feature("rank_doc_by_snpt")]
     finally:
         seqio.TaskRegistry.remove(name)
     features_dir = tmp_path / "features"
