@@ -122,15 +122,19 @@ def test_idf_table_reads_only_training_documents(beer):
 
 
 def test_weak_labels_come_from_the_examples_own_ranked_entries(beer):
-    _, _, _, records = beer
+    _, result, _, records = beer
+    by_id = {d.doc_id: d for d in result.documents}
+    profile_of = {e["example_id"]: e["profile"] for e in result.examples["train"]}
     for r in records["train"]:
         ranked = r[fn.ranked_text_feature("rank_doc_by_snpt")]
         label = r[fn.KEYWORDS_CTX_WEAK_LABEL]
         entry_words = set(keywords.keyword_words(ranked))
         assert all(w in entry_words for w in label.split(", ") if w)
-        # the summary label is made of the ranked text's snippets: every word of it is there
-        ranked_tokens = set(ranked.split())
-        assert set(r[fn.SUMMARY_CTX_WEAK_LABEL].split()) <= ranked_tokens
+        # The summary label is made of snippets of the example's own earlier documents
+        # (its ranked entries): every token of it is in them.
+        profile_tokens = {t for doc_id in profile_of[r[fn.EXAMPLE_ID]]
+                          for t in join_title_and_text(by_id[doc_id].title, by_id[doc_id].text).split()}
+        assert set(r[fn.SUMMARY_CTX_WEAK_LABEL].split()) <= profile_tokens
 
 
 SPIECE = "tests/fixtures/hf_t5_tiny/gtr/spiece.model"
