@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -132,11 +133,17 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(), flush=True)
+    workdir = tempfile.mkdtemp(prefix="keywords-bench-")
+    try:
+        return _run(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
+
+def _run(args, workdir: str) -> int:
     from personalize_t5x.pipeline import examples as examples_lib
     from personalize_t5x.pipeline import synthetic
 
-    workdir = tempfile.mkdtemp(prefix="keywords-bench-")
     dataset_dir = os.path.join(workdir, "data", "bench")
     examples_dir = os.path.join(dataset_dir, "examples")
     documents = synthetic.generate_corpus(num_users=args.users, docs_per_user=args.docs_per_user, seed=args.seed)
