@@ -32,6 +32,8 @@ from personalize_t5x.tasks.registry import (  # noqa: F401
     aux_task_name,
     register_aux_tasks,
     unregister_aux_tasks,
+    register_summarize_task,
+    summarize_task_name,
 )
 from personalize_t5x.tasks.prompts import VARIANTS  # noqa: F401
 

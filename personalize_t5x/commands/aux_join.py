@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features-dir", required=True, help="output folder of `personalize-t5x features`")
     parser.add_argument("--predictions-dir", required=True, help="INFER_OUTPUT_DIR of the auxiliary models' inference")
     parser.add_argument("--dataset", required=True, help="the dataset name the tasks were registered under")
-    parser.add_argument("--models", nargs="+", default=["sum_ctx", "syn_ctx"], choices=["sum_ctx", "syn_ctx"])
+    parser.add_argument("--models", nargs="+", default=["sum_ctx", "syn_ctx"], choices=["sum_ctx", "syn_ctx", "sum_ctx_ind"],
+                        help="sum_ctx_ind: the abstractive SumCtxInd (task personalize_<dataset>_summarize_ranked)")
     parser.add_argument("--splits", nargs="+", default=list(feature_names.SPLITS), choices=feature_names.SPLITS)
     parser.add_argument("--train-inputs", default="predicted", choices=["predicted", "weak_label"],
                         help="what fills the training split: the predictions (default, as the paper) or the weak labels")
@@ -26,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def prediction_file(predictions_dir: str, dataset: str, model: str, split: str) -> str:
     from personalize_t5x.tasks import registry
 
-    return os.path.join(predictions_dir, f"{registry.aux_task_name(dataset, model)}-infer_{split}.jsonl")
+    task = registry.summarize_task_name(dataset) if model == "sum_ctx_ind" else registry.aux_task_name(dataset, model)
+    return os.path.join(predictions_dir, f"{task}-infer_{split}.jsonl")
 
 
 def run(args: argparse.Namespace) -> int:

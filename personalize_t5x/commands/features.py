@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip METHOD.md stages 3 and 4 (summary_ctx_ind, keywords_ctx_ind, the weak labels)")
     parser.add_argument("--summary-ranker", default=None, choices=feature_names.RANKING_STRATEGIES,
                         help="the ranker whose entries are summarized (default: rank_doc_by_snpt when computed)")
+    parser.add_argument("--summary-mode", default="extractive", choices=["extractive", "abstractive"],
+                        help="SumCtxInd: extractive LexRank (default), or abstractive: left empty here and filled by "
+                             "`aux-join --models sum_ctx_ind` from a user's summarization checkpoint "
+                             "(gin/experiments/sum_ctx_ind_abstractive_infer.gin)")
     parser.add_argument("--summary-budget-chars", type=int, default=600, help="length limit of the extractive SumCtxInd summary")
     parser.add_argument("--wordnet-dir", default=None,
                         help="WordNet 3.0 database folder (default: $PERSONALIZE_T5X_WORDNET_DIR, else /usr/share/wordnet, "
@@ -108,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             pipeline_args=tuple(beam_args),
             summaries_and_keywords=not args.no_summaries_and_keywords,
             summary_ranker=args.summary_ranker,
-            summary=summaries.SummaryConfig(budget_chars=args.summary_budget_chars),
+            summary=summaries.SummaryConfig(mode=args.summary_mode, budget_chars=args.summary_budget_chars),
             keywords=keywords.KeywordConfig(glove_threshold=args.glove_threshold),
             wordnet_dir=args.wordnet_dir,
             glove_path=args.glove_path,

@@ -37,7 +37,9 @@ from personalize_t5x.io import files as io_lib
 from personalize_t5x.io import tfrecords
 
 TRAIN_INPUTS = ("predicted", "weak_label")
-PREDICTED_FEATURE = {"sum_ctx": fn.SUMMARY_CTX, "syn_ctx": fn.KEYWORDS_CTX}
+# "sum_ctx_ind": the abstractive SumCtxInd (a user's summarizer over the ranked entries;
+# registry.register_summarize_task): always its predictions, on every split.
+PREDICTED_FEATURE = {"sum_ctx": fn.SUMMARY_CTX, "syn_ctx": fn.KEYWORDS_CTX, "sum_ctx_ind": fn.SUMMARY_CTX_IND}
 WEAK_LABEL_FEATURE = {"sum_ctx": fn.SUMMARY_CTX_WEAK_LABEL, "syn_ctx": fn.KEYWORDS_CTX_WEAK_LABEL}
 
 
@@ -75,7 +77,7 @@ def join_aux_predictions(
     splits: Sequence[str] = fn.SPLITS,
 ) -> dict[str, Any]:
     """Fills summary_ctx / keywords_ctx of `splits` from `prediction_files[model][split]`
-    (model in "sum_ctx", "syn_ctx"; a model may be left out). Returns counts per split."""
+    (model in "sum_ctx", "syn_ctx", "sum_ctx_ind"; a model may be left out). Returns counts per split."""
     import json
 
     if train_inputs not in TRAIN_INPUTS:
@@ -94,7 +96,8 @@ def join_aux_predictions(
         entry = manifest.get("splits", {}).get(split)
         if entry is None:
             raise InputError(manifest_path, 0, f"splits.{split}", "split not computed by the features stage")
-        use_predictions = {model: split != "train" or train_inputs == "predicted" for model in prediction_files}
+        use_predictions = {model: split != "train" or train_inputs == "predicted" or model not in WEAK_LABEL_FEATURE
+                           for model in prediction_files}
         predictions = {}
         for model, by_split in prediction_files.items():
             if use_predictions[model]:

@@ -114,8 +114,10 @@ class FeaturesConfig:
       summary_ranker: the ranker whose entries are summarized (None: rank_doc_by_snpt when
         computed, else the computed ranker latest in the paper's table).
       summary: SumCtxInd's mode and budget (summaries.SummaryConfig).
-      summarize: the abstractive mode's batch summarizer (texts -> summaries), injected by
-        the command layer (e.g. over a user's T5 checkpoint); picklable.
+      summarize: the abstractive mode's batch summarizer (texts -> summaries), picklable,
+        when one runs inside the workers; without it the abstractive mode leaves
+        summary_ctx_ind empty for `aux-join --models sum_ctx_ind` to fill from a user's
+        summarization checkpoint's predictions (task personalize_<dataset>_summarize_ranked).
       keywords: the keyword rules (keywords.KeywordConfig).
       wordnet_dir: WordNet 3.0's folder (None: $PERSONALIZE_T5X_WORDNET_DIR or /usr/share/wordnet).
       glove_path: a GloVe text file (None: the packaged glove.6B 50-d vectors).
@@ -180,9 +182,6 @@ class FeaturesConfig:
         if self.summaries_and_keywords and self.summary_ranker not in self.strategies:
             raise ValueError(f"summary_ranker: {self.summary_ranker!r} is not among the computed strategies {self.strategies}; "
                              "the summaries and keywords are built over its entries")
-        if self.summary.mode == "abstractive" and self.summarize is None:
-            raise ValueError("summary.mode='abstractive' needs a summarize function (texts -> summaries), "
-                             "e.g. one over a T5 summarization checkpoint built by the command layer")
         if self.summarize is not None and not callable(self.summarize):
             raise ValueError("summarize: expected a callable")
 
@@ -434,8 +433,12 @@ def summary_and_keyword_fields(
         wanted.extend(targets)
     vectors = cache.encode(wanted) if wanted else None
     abstractive: list[str] | None = None
-    if config.summary.mode == "abstractive":
+    if config.summary.mode == "abstractive" and config.summarize is not None:
         abstractive = list(config.summarize([rankings[config.summary_ranker].text for _, rankings in results]))
+    elif config.summary.mode == "abstractive":
+        # Filled later from a summarizer's predictions (registry.register_summarize_task,
+        # `aux-join --models sum_ctx_ind`).
+        abstractive = [""] * len(results)
     fields = []
     offset = 0
     for index, ((example, rankings), (snippets, targets)) in enumerate(zip(results, per_example)):

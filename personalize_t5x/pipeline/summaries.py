@@ -4,10 +4,10 @@ Pure functions of one example's ranked entries, its target and their dense vecto
 sentence encoder of `retrieval.encoders`, all-MiniLM-L6-v2 by default, the one the
 rankers use; vectors are L2-normalized, so cosine = dot product).
 
-Units. `entry_snippets` cuts the part of each ranked entry that made it into the
-example's ranked text (the entries joined and cut to `RankingConfig.max_chars`, 2,500
-characters, exactly as `ranking.join_entries` cuts them) into snippets
-(`retrieval.text.make_snippets`, sentences up to 250 characters, the paper's snippet), in
+Units. `entry_snippets`: the snippets (`retrieval.text.make_snippets`, sentences up to 250
+characters, the paper's snippet; the rankers' own snippets of each document) of the ranked
+entries that begin inside the example's ranked text (the entries joined and cut to
+`RankingConfig.max_chars`, 2,500 characters, as `ranking.join_entries` cuts them), in
 ranked-text order. A snippet entry (RankSnippet) is already one.
 
 SumCtxInd, extractive (`extractive_summary`, the offline default: the paper's T5-11B
@@ -69,23 +69,28 @@ Summarize = Callable[[Sequence[str]], Sequence[str]]
 
 def entry_snippets(entry_texts: Sequence[str], *, max_chars: int, separator: str,
                    snippet_chars: int = text_lib.DEFAULT_SNIPPET_CHARS) -> list[str]:
-    """Snippets of the entries' parts inside the ranked text, in ranked-text order."""
-    pieces: list[str] = []
+    """Snippets of the entries that begin inside the ranked text, in ranked-text order.
+
+    Each entry is cut into snippets whole (exactly the rankers' snippets of that document,
+    so their vectors are already in the user's embedding cache); those that start before
+    the ranked text's `max_chars` cut are kept, so the last one may run past the cut by
+    less than a snippet.
+    """
+    snippets: list[str] = []
     total = 0
-    for text in entry_texts:
-        if pieces:
+    for index, text in enumerate(entry_texts):
+        if index:
             if total + len(separator) >= max_chars:
                 break
             total += len(separator)
-        piece = text[: max_chars - total]
-        pieces.append(piece)
-        total += len(piece)
+        room = max_chars - total
+        cut = text_lib.make_snippets("", text, snippet_chars=snippet_chars)
+        if not cut and text.strip():
+            cut = [text_lib.Snippet("", 0, len(text), text)]
+        snippets.extend(s.text for s in cut if s.start < room)
+        total += min(len(text), room)
         if total >= max_chars:
             break
-    snippets: list[str] = []
-    for piece in pieces:
-        cut = [s.text for s in text_lib.make_snippets("", piece, snippet_chars=snippet_chars)]
-        snippets.extend(cut or ([piece] if piece.strip() else []))
     return snippets
 
 

@@ -339,6 +339,8 @@ def register_data_dir(data_dir: str | os.PathLike | None = None, *, overwrite: b
                                            **options))
         register_aux_tasks(entry.rstrip("/"), features_dir=features_dir, vocabulary=registered[-1].vocabulary,
                            summary_ranker=registered[-1].summary_ranker, overwrite=True)
+        register_summarize_task(entry.rstrip("/"), features_dir=features_dir, vocabulary=registered[-1].vocabulary,
+                                summary_ranker=registered[-1].summary_ranker, overwrite=True)
         logging.info("registered %d tasks and mixtures of %s", len(registered[-1].all_names), folder)
     return registered
 
@@ -437,3 +439,56 @@ def register_aux_tasks(
 def unregister_aux_tasks(name: str) -> None:
     for model in prompts.AUX_MODELS:
         seqio.TaskRegistry.remove(aux_task_name(name, model))
+
+
+# ------------------------------------------------ abstractive SumCtxInd (a user's summarizer)
+
+SUMMARIZE_PREFIX = "summarize: "  # T5's CNN/DailyMail input format
+SUMMARIZE_SPLITS = tuple(f"infer_{s}" for s in fn.SPLITS)
+
+
+def summarize_task_name(name: str) -> str:
+    return f"{NAME_PREFIX}_{dataset_key(name)}_summarize_ranked"
+
+
+def _summarize_inputs(dataset: tf.data.Dataset, *, ranked_feature: str) -> tf.data.Dataset:
+    def build(features):
+        return {"inputs": tf.strings.join([SUMMARIZE_PREFIX, features[ranked_feature]]),
+                "targets": tf.constant(""), fn.EXAMPLE_ID: features[fn.EXAMPLE_ID]}
+
+    return dataset.map(build, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def register_summarize_task(
+    name: str,
+    *,
+    features_dir: str | os.PathLike,
+    vocabulary: str | os.PathLike | seqio.Vocabulary | None = None,
+    extra_ids: int = vocab_lib.DEFAULT_EXTRA_IDS,
+    summary_ranker: str = prompts.DEFAULT_SUMMARY_RANKER,
+    overwrite: bool = False,
+) -> str:
+    """The abstractive SumCtxInd: `summarize: <ranked entries>` for every example of every
+    split (splits infer_train / infer_validation / infer_test; no targets), for inference
+    with a user's summarization checkpoint (T5X or Hugging Face T5: CHECKPOINT_PATH loads
+    them as training's INITIAL_CHECKPOINT_PATH does; its own vocabulary, e.g. T5's
+    spm model). `personalize-t5x aux-join --models sum_ctx_ind` puts the predictions into
+    summary_ctx_ind. gin/experiments/sum_ctx_ind_abstractive_infer.gin."""
+    features_dir = os.fspath(features_dir).rstrip("/") or "/"
+    vocab = resolve_vocabulary(vocabulary, features_dir, extra_ids)
+    task = summarize_task_name(name)
+    if task in seqio.TaskRegistry.names():
+        if not overwrite:
+            raise ValueError(f"task {task!r} is already registered; pass overwrite=True to replace it")
+        seqio.TaskRegistry.remove(task)
+    ranked = fn.ranked_text_feature(summary_ranker)
+    seqio.TaskRegistry.add(
+        task,
+        source=seqio.FunctionDataSource(_aux_dataset_fn(features_dir, (ranked, fn.EXAMPLE_ID)), splits=SUMMARIZE_SPLITS),
+        output_features={"inputs": seqio.Feature(vocabulary=vocab, add_eos=True),
+                         "targets": seqio.Feature(vocabulary=vocab, add_eos=True)},
+        preprocessors=[functools.partial(_summarize_inputs, ranked_feature=ranked), seqio.preprocessors.tokenize,
+                       seqio.CacheDatasetPlaceholder(), seqio.preprocessors.append_eos_after_trim],
+        metric_fns=[],
+    )
+    return task

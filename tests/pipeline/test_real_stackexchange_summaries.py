@@ -122,15 +122,19 @@ def test_idf_table_reads_only_training_documents(beer):
 
 
 def test_weak_labels_come_from_the_examples_own_ranked_entries(beer):
-    _, _, _, records = beer
+    _, result, _, records = beer
+    by_id = {d.doc_id: d for d in result.documents}
+    profile_of = {e["example_id"]: e["profile"] for e in result.examples["train"]}
     for r in records["train"]:
         ranked = r[fn.ranked_text_feature("rank_doc_by_snpt")]
         label = r[fn.KEYWORDS_CTX_WEAK_LABEL]
         entry_words = set(keywords.keyword_words(ranked))
         assert all(w in entry_words for w in label.split(", ") if w)
-        # the summary label is made of the ranked text's snippets: every word of it is there
-        ranked_tokens = set(ranked.split())
-        assert set(r[fn.SUMMARY_CTX_WEAK_LABEL].split()) <= ranked_tokens
+        # The summary label is made of snippets of the example's own earlier documents
+        # (its ranked entries): every token of it is in them.
+        profile_tokens = {t for doc_id in profile_of[r[fn.EXAMPLE_ID]]
+                          for t in join_title_and_text(by_id[doc_id].title, by_id[doc_id].text).split()}
+        assert set(r[fn.SUMMARY_CTX_WEAK_LABEL].split()) <= profile_tokens
 
 
 SPIECE = "tests/fixtures/hf_t5_tiny/gtr/spiece.model"
@@ -214,3 +218,36 @@ def test_joined_predictions_fill_every_row_of_the_paper(beer, tmp_path):
     (tmp_path / "sum_ctx-test.jsonl").write_text("")
     with pytest.raises(Exception, match="no prediction for"):
         aux_join.join_aux_predictions(features_dir=str(features_dir), prediction_files=files, splits=("test",))
+
+
+def test_abstractive_sum_ctx_ind_task_and_join(beer, tmp_path):
+    import shutil
+
+    import seqio
+
+    from personalize_t5x.pipeline import aux_join
+    from personalize_t5x.tasks import registry
+
+    root, _, _, records = beer
+    vocabulary = seqio.SentencePieceVocabulary(str(registry.os.path.join(registry.os.path.dirname(__file__), "..", "..", SPIECE)))
+    name = registry.register_summarize_task("beer_summarize_test", features_dir=str(root / "features"), vocabulary=vocabulary,
+                                            overwrite=True)
+    try:
+        task = seqio.get_mixture_or_task(name)
+        assert set(task.splits) == {"infer_train", "infer_validation", "infer_test"}
+        example = next(task.get_dataset(sequence_length=None, split="infer_test", shuffle=False).as_numpy_iterator())
+        first = records["test"][0]
+        assert example[fn.EXAMPLE_ID].decode() == first[fn.EXAMPLE_ID]
+        assert example["inputs_pretokenized"].decode() == "summarize: " + first[fn.ranked_text_feature("rank_doc_by_snpt")]
+    finally:
+        seqio.TaskRegistry.remove(name)
+    features_dir = tmp_path / "features"
+    shutil.copytree(root / "features", features_dir)
+    path = tmp_path / "summaries-test.jsonl"
+    path.write_text("".join(json.dumps({"example_id": r[fn.EXAMPLE_ID], "prediction": f"abstract {i}"}) + "\n"
+                            for i, r in enumerate(records["test"])))
+    aux_join.join_aux_predictions(features_dir=str(features_dir), prediction_files={"sum_ctx_ind": {"test": str(path)}},
+                                  splits=("test",))
+    joined = list(features.read_generation_examples(str(features_dir), "test"))
+    assert [r[fn.SUMMARY_CTX_IND] for r in joined] == [f"abstract {i}" for i in range(len(records["test"]))]
+    assert [r[fn.SUMMARY_CTX] for r in joined] == [r[fn.SUMMARY_CTX] for r in records["test"]]

@@ -23,6 +23,7 @@ REQUIRED_VALUES = {
     "MODEL_DIR": "'/tmp/unused'", "EVAL_OUTPUT_DIR": "'/tmp/unused'", "INFER_OUTPUT_DIR": "'/tmp/unused'",
     "MIXTURE_OR_TASK_NAME": "'unused'", "TASK_FEATURE_LENGTHS": "{'inputs': 8, 'targets': 8}",
     "TRAIN_STEPS": "1", "CHECKPOINT_PATH": "'/tmp/unused'", "INITIAL_CHECKPOINT_PATH": "None", "VOCAB_SIZE": "128",
+    "DATASET": "'unused'",  # the auxiliary-model experiments (gin/experiments/aux_*.gin)
 }
 
 
