@@ -64,7 +64,7 @@ def ensure_writable_dir(path: str, what: str = "MODEL_DIR") -> pathlib.Path:
     directory = pathlib.Path(path).expanduser()
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write_probe"
+        probe = directory / f".write_probe-{os.getpid()}"  # one per host: hosts share MODEL_DIR
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
