@@ -184,10 +184,11 @@ FUZZ_CHILD = textwrap.dedent("""
             counts["read"] += 1
         except HFCheckpointError:
             counts["refused"] += 1
-    import resource
-    # The child's own peak (RUSAGE_CHILDREN in the test would be the largest child this
-    # test worker ever waited for, e.g. another test's training run).
-    counts["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # The peak of this process image alone. getrusage's ru_maxrss is no good here: Linux
+    # carries the parent's peak across fork/vfork and exec, so a child of an xdist worker
+    # that once trained a model reports that model's memory. VmHWM belongs to the mm.
+    status = pathlib.Path("/proc/self/status").read_text()
+    counts["peak_mb"] = int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]) / 1024
     print(counts)
 """)
 
