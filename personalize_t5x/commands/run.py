@@ -1,7 +1,8 @@
 """`personalize-t5x run --gin_file=experiments/<name>.gin [--gin.X=Y]`: a whole experiment.
 
-Convert, examples, vocabulary, features, retrieval quality, training and prediction of
-every row under one budget, and the report (personalize_t5x/experiment/). Each step is
+Convert, examples, vocabulary, features, retrieval quality, the auxiliary SumCtx/SynCtx
+models when a row reads them, training and prediction of every row under one budget, and
+the report (personalize_t5x/experiment/). Each step is
 resumable: a rerun after success does nothing and says so; a rerun after a crash goes on
 where it stopped.
 
@@ -82,6 +83,10 @@ def experiment(
     beam_size: int = 4,
     eval_split: str = "test",
     checkpoint_period: int = 200,
+    # the SumCtx / SynCtx auxiliary models (trained only when a row reads them)
+    aux_train_steps: int | None = None,
+    aux_targets_length: int | None = None,
+    aux_train_inputs: str = "predicted",
     # report
     alpha: float = 0.01,
     html_examples: int = 40,
@@ -114,6 +119,8 @@ def experiment(
             targets_length=lengths["targets"], learning_rate=learning_rate, schedule=schedule,
             warmup_steps=warmup_steps, decoding=decoding, beam_size=beam_size, eval_split=eval_split,
             checkpoint_period=checkpoint_period),
+        aux=config_lib.AuxSpec(train_steps=aux_train_steps, targets_length=aux_targets_length,
+                               train_inputs=aux_train_inputs),
         seed=seed,
         report=config_lib.ReportSpec(alpha=alpha, html_examples=html_examples),
     )

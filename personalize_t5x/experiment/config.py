@@ -164,6 +164,46 @@ class RetrievalSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuxSpec:
+    """The SumCtx and SynCtx auxiliary models (METHOD.md stages 3-4), trained by `run`
+    before any row that reads their predictions (`summary_ctx`, `keywords_ctx`).
+
+    Each is the experiment's model, trained from scratch on the weak labels of the seeded
+    auxiliary half of the training users, then decoded greedily over every split.
+    Attributes:
+      train_steps: optimizer steps of each auxiliary model (None: the rows' budget).
+      targets_length: tokens of a predicted summary or keyword list (None: the rows').
+      train_inputs: what fills the training split of the generation features:
+        'predicted' (the paper's design: the same kind of text the model reads at test
+        time) or 'weak_label' (an ablation; pipeline.aux_join says why it is not default).
+    """
+
+    train_steps: int | None = None
+    targets_length: int | None = None
+    train_inputs: str = "predicted"
+
+    def __post_init__(self):
+        for name in ("train_steps", "targets_length"):
+            if getattr(self, name) is not None:
+                _positive("aux", name, getattr(self, name))
+        if self.train_inputs not in ("predicted", "weak_label"):
+            raise ValueError(f"aux.train_inputs must be 'predicted' or 'weak_label', got {self.train_inputs!r}")
+
+    def budget(self, rows: Budget) -> Budget:
+        """The budget of one auxiliary model: the rows' own, with this spec's overrides."""
+        return dataclasses.replace(
+            rows, train_steps=self.train_steps or rows.train_steps,
+            targets_length=self.targets_length or rows.targets_length, decoding="greedy")
+
+
+def aux_models_read_by(rows: tuple[str, ...], *, summary_ranker: str) -> tuple[str, ...]:
+    """The auxiliary models whose predictions some row reads, in prompts.AUX_MODELS order."""
+    read = {name for row in rows
+            for name in prompts.generation_layout(base_variant(row), summary_ranker=summary_ranker).required_features}
+    return tuple(model for model in prompts.AUX_MODELS if prompts.AUX_PREDICTED_FEATURES[model] in read)
+
+
+@dataclasses.dataclass(frozen=True)
 class ReportSpec:
     """What the report shows: significance level, chain of rows, the HTML sample."""
 
@@ -194,6 +234,7 @@ class ExperimentConfig:
       vocabulary: an existing SentencePiece model to use instead (e.g. T5's, which a
         pretrained checkpoint needs); the vocab step then trains nothing.
       model, budget: the network and what every row gets.
+      aux: the auxiliary models, trained only when a row reads their predictions.
       seed: fixes the split, the vocabulary, parameter init and data order.
       report: what the report shows.
     """
@@ -208,6 +249,7 @@ class ExperimentConfig:
     vocabulary: str | None = None
     model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
     budget: Budget = dataclasses.field(default_factory=Budget)
+    aux: AuxSpec = dataclasses.field(default_factory=AuxSpec)
     seed: int = 0
     report: ReportSpec = dataclasses.field(default_factory=ReportSpec)
 
@@ -228,6 +270,11 @@ class ExperimentConfig:
         for strategy in feature_names.RANKING_STRATEGIES:
             if feature_names.ranked_text_feature(strategy) in needs and strategy not in self.retrieval.strategies:
                 raise ValueError(f"variants: a row reads {strategy!r}, which retrieval.strategies does not compute")
+
+    @property
+    def aux_models(self) -> tuple[str, ...]:
+        """The auxiliary models this experiment's rows need (none for ImmedCtx or a ranker)."""
+        return aux_models_read_by(self.variants, summary_ranker=self.retrieval.summary_ranker)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

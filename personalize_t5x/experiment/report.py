@@ -32,7 +32,7 @@ from personalize_t5x.io import files as io_lib
 from personalize_t5x.tasks import metrics
 from personalize_t5x.tasks import prompts
 
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 IMMED_CTX = "immed_ctx"
 COPY_START = "copy_start"
 METRIC_LABELS = {"bleu": "BLEU", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
@@ -120,7 +120,7 @@ def _finite(value: float) -> float | None:
 
 def build_report(*, config: config_lib.ExperimentConfig, scores: Mapping[str, RowScores],
                  retrieval: Mapping[str, Any] | None, dataset_stats: Mapping[str, Any],
-                 step_timings: Mapping[str, Any]) -> dict[str, Any]:
+                 step_timings: Mapping[str, Any], aux_models: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The report as one JSON-able dict (what report.json holds)."""
     alpha = config.report.alpha
     present = list(scores)
@@ -156,6 +156,7 @@ def build_report(*, config: config_lib.ExperimentConfig, scores: Mapping[str, Ro
                         for row, s in scores.items()},
         "retrieval": retrieval_table(retrieval, alpha=alpha) if retrieval else None,
         "dataset": dict(dataset_stats),
+        "aux_models": dict(aux_models or {}),
         "timings": dict(step_timings),
     }
 
@@ -285,6 +286,16 @@ def render_markdown(report: Mapping[str, Any], *, plots: Mapping[str, str]) -> s
         from personalize_t5x.pipeline import examples as examples_lib
 
         out += ["", "## Dataset", "", "```", examples_lib.format_stats_table(report["dataset"]), "```"]
+    if report.get("aux_models"):
+        out += ["", "## Auxiliary models", "",
+                "The SumCtx and SynCtx models whose predictions fill `summary_ctx` and `keywords_ctx` "
+                "(trained on the weak labels of one seeded half of the training users). Empty: predictions "
+                "that came out as no text, per split.", ""]
+        out.append(_markdown_table(
+            ["model", "steps", "final train loss", *(f"empty ({s})" for s in ("train", "validation", "test"))],
+            [[name, str(a.get("step", "")), "" if a.get("loss") is None else f"{a['loss']:.3f}",
+              *(f"{a['empty_predictions'][s]} of {a['predictions'][s]}" for s in ("train", "validation", "test"))]
+             for name, a in report["aux_models"].items()]))
     if report.get("timings"):
         out += ["", "## Timings", "", "Wall and CPU seconds of each step when it last ran (the CPU figure counts "
                 "every core, Beam's worker processes included).", ""]
@@ -387,7 +398,8 @@ def _save(fig, path: str) -> None:
 
 def write_report(*, config: config_lib.ExperimentConfig, predictions: Mapping[str, str], examples_dir: str,
                  retrieval_path: str | None, dataset_stats: Mapping[str, Any], output_dir: str,
-                 step_timings: Mapping[str, Any], features_dir: str | None = None) -> dict[str, str]:
+                 step_timings: Mapping[str, Any], features_dir: str | None = None,
+                 aux_models: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Scores every row's predictions and writes the report files; returns their paths."""
     import json
 
@@ -407,7 +419,7 @@ def write_report(*, config: config_lib.ExperimentConfig, predictions: Mapping[st
         with open(retrieval_path, encoding="utf-8") as f:
             retrieval = json.load(f)
     report = build_report(config=config, scores=scores, retrieval=retrieval, dataset_stats=dataset_stats,
-                          step_timings=step_timings)
+                          step_timings=step_timings, aux_models=aux_models)
     os.makedirs(output_dir, exist_ok=True)
     paths = {"markdown": os.path.join(output_dir, "report.md"), "csv": os.path.join(output_dir, "report.csv"),
              "json": os.path.join(output_dir, "report.json"), "metrics_png": os.path.join(output_dir, "metrics.png"),

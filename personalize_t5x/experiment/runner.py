@@ -2,13 +2,15 @@
 
 The steps, in order (each one progress line; training and inference with an ETA):
 
-    convert -> examples -> vocab -> features -> retrieval -> (train, predict) per row -> report
+    convert -> examples -> vocab -> features -> retrieval
+      -> (aux_train, aux_predict) per auxiliary model a row reads -> aux_join
+      -> (train, predict) per row -> report
 
 Layout of `output_dir`:
 
     corpus/documents.jsonl.gz        examples/                      data/<name>/vocab/spm.model
     data/<name>/features/            retrieval/retrieval.json       rows/<row>/train/ (checkpoints)
-    rows/<row>/predictions/*.jsonl   report/ (report.md, .csv, .json, .html, PNGs)
+    aux/<model>/train/, predictions/ rows/<row>/predictions/*.jsonl   report/ (report.md, .csv, .json, .html, PNGs)
     steps/<step>.json                what each finished step did, its fingerprint and timings
 
 Resuming: a step is finished when `steps/<step>.json` exists and its fingerprint (the
@@ -69,6 +71,9 @@ class Paths:
         self.retrieval = os.path.join(root, "retrieval", "retrieval.json")
         self.steps = os.path.join(root, STEPS_DIR)
         self.report = os.path.join(root, REPORT_DIR)
+
+    def aux(self, model: str) -> str:
+        return os.path.join(self.root, "aux", model)
 
     def row(self, row: str) -> str:
         return os.path.join(self.root, "rows", row)
@@ -170,6 +175,10 @@ def _eval_task(config: config_lib.ExperimentConfig, row: str) -> str:
 
 def step_names(config: config_lib.ExperimentConfig) -> list[str]:
     names = ["convert", "examples", "vocab", "features", "retrieval"]
+    for model in config.aux_models:
+        names += [f"aux_train/{model}", f"aux_predict/{model}"]
+    if config.aux_models:
+        names.append("aux_join")
     for row in config.variants:
         names += [f"train/{row}", f"predict/{row}"]
     return names + ["report"]
@@ -219,6 +228,9 @@ def run_experiment(*, config: config_lib.ExperimentConfig, stream=None) -> Exper
     steps.run("retrieval", f_retrieval, retrieval_body)
 
     vocab_size = stages.model_vocab_size(paths.vocabulary)
+    aux_summaries: dict[str, Any] = {}
+    f_rows_data = _run_aux_models(config, paths, steps, progress, f_features=f_features, f_vocab=f_vocab,
+                                  vocab_size=vocab_size, aux_summaries=aux_summaries)
     registered = False
     budget_for_training = dataclasses.replace(config.budget, decoding="greedy", beam_size=1, eval_split="test")
     # wall seconds of the rows trained and decoded in this call: the next row's ETA
@@ -226,7 +238,7 @@ def run_experiment(*, config: config_lib.ExperimentConfig, stream=None) -> Exper
     predict_timings: list[float] = []
     predictions: dict[str, str] = {}
     for row in config.variants:
-        f_train = config_lib.fingerprint("train", f_features, f_vocab, row, config.model, budget_for_training,
+        f_train = config_lib.fingerprint("train", f_rows_data, f_vocab, row, config.model, budget_for_training,
                                          config.seed, config.retrieval.summary_ranker)
         f_predict = config_lib.fingerprint("predict", f_train, config.budget)
         if not registered and not (steps.finished(f"train/{row}", f_train) and steps.finished(f"predict/{row}", f_predict)):
@@ -266,7 +278,7 @@ def run_experiment(*, config: config_lib.ExperimentConfig, stream=None) -> Exper
         return report_lib.write_report(config=config, predictions=predictions, examples_dir=paths.examples,
                                        retrieval_path=paths.retrieval, dataset_stats=dataset_stats,
                                        output_dir=paths.report, step_timings=_timings(paths, config),
-                                       features_dir=paths.features)
+                                       features_dir=paths.features, aux_models=aux_summaries)
 
     report_paths = steps.run("report", f_report, report_body)
     result = ExperimentResult(steps=steps.records, report_paths=report_paths)
@@ -276,6 +288,74 @@ def run_experiment(*, config: config_lib.ExperimentConfig, stream=None) -> Exper
     out.write(f"report: {report_paths['markdown']}\n")
     out.flush()
     return result
+
+
+def _run_aux_models(config: config_lib.ExperimentConfig, paths: Paths, steps: _Steps, progress: Progress, *,
+                    f_features: str, f_vocab: str, vocab_size: int, aux_summaries: dict[str, Any]) -> str:
+    """Trains and decodes the auxiliary models some row reads, then joins their predictions
+    into the features; returns the fingerprint of the data the rows train on and fills
+    `aux_summaries` with what the report says of each model.
+
+    The join rewrites the features' shards in place (pipeline.aux_join): running it again
+    from the same predictions writes the same bytes, so a crash inside it is resumed by
+    running it again, and a changed features step invalidates it through its fingerprint.
+    """
+    if not config.aux_models:
+        return f_features
+    from personalize_t5x.commands import aux_join as aux_join_command
+    from personalize_t5x.pipeline import aux_join
+    from personalize_t5x import feature_names
+
+    budget = config.aux.budget(config.budget)
+    registered: dict[str, str] = {}
+    prediction_files: dict[str, dict[str, str]] = {}
+    fingerprints = []
+    for model in config.aux_models:
+        f_train = config_lib.fingerprint("aux_train", f_features, f_vocab, model, config.model, budget, config.seed,
+                                         config.retrieval.summary_ranker)
+        f_predict = config_lib.fingerprint("aux_predict", f_train)
+        fingerprints.append(f_predict)
+        train_dir = os.path.join(paths.aux(model), stages.TRAIN_DIR)
+        predictions_dir = os.path.join(paths.aux(model), stages.PREDICTIONS_DIR)
+        prediction_files[model] = {split: aux_join_command.prediction_file(predictions_dir, config.name, model, split)
+                                   for split in feature_names.SPLITS}
+
+        def tasks() -> dict[str, str]:
+            if not registered:
+                registered.update(stages.register_aux_tasks(
+                    name=config.name, features_dir=paths.features, vocabulary_path=paths.vocabulary,
+                    summary_ranker=config.retrieval.summary_ranker))
+            return registered
+
+        def train_body(head, model=model, train_dir=train_dir, f_train=f_train):
+            _clear_if_started_differently(train_dir, f_train)
+            started = time.perf_counter()
+            return stages.train_row(
+                task_name=tasks()[model], model_dir=train_dir, model=config.model, budget=budget,
+                vocab_size=vocab_size, seed=config.seed,
+                on_step=lambda step, total: progress.training(head, step, total, started))
+
+        trained = steps.run(f"aux_train/{model}", f_train, train_body)
+
+        def predict_body(head, model=model, train_dir=train_dir, predictions_dir=predictions_dir):
+            by_aux_split = stages.predict_splits(
+                task_name=tasks()[model], model_dir=train_dir, output_dir=predictions_dir, model=config.model,
+                budget=budget, vocab_size=vocab_size, seed=config.seed,
+                splits=[f"infer_{split}" for split in feature_names.SPLITS])
+            written = {split: by_aux_split[f"infer_{split}"] for split in feature_names.SPLITS}
+            read = {split: aux_join.read_predictions(path) for split, path in written.items()}
+            return {"paths": written, "predictions": {split: len(p) for split, p in read.items()},
+                    "empty_predictions": {split: sum(1 for text in p.values() if not text.strip())
+                                          for split, p in read.items()}}
+
+        predicted = steps.run(f"aux_predict/{model}", f_predict, predict_body)
+        aux_summaries[model] = {"step": trained["step"], "loss": trained["loss"],
+                            "predictions": predicted["predictions"], "empty_predictions": predicted["empty_predictions"]}
+
+    f_join = config_lib.fingerprint("aux_join", f_features, fingerprints, config.aux.train_inputs)
+    steps.run("aux_join", f_join, lambda head: stages.join_aux_predictions(
+        features_dir=paths.features, prediction_files=prediction_files, train_inputs=config.aux.train_inputs))
+    return f_join
 
 
 def _timings(paths: Paths, config: config_lib.ExperimentConfig) -> dict[str, dict[str, float]]:

@@ -89,6 +89,23 @@ def register_tasks(*, name: str, features_dir: str, vocabulary_path: str, summar
                                      summary_ranker=summary_ranker, overwrite=True)
 
 
+def register_aux_tasks(*, name: str, features_dir: str, vocabulary_path: str, summary_ranker: str) -> dict[str, str]:
+    """Registers the SumCtx / SynCtx auxiliary tasks; returns {model: task name}."""
+    from personalize_t5x.tasks import registry
+
+    return registry.register_aux_tasks(name, features_dir=features_dir, vocabulary=vocabulary_path,
+                                       summary_ranker=summary_ranker, overwrite=True)
+
+
+def join_aux_predictions(*, features_dir: str, prediction_files: dict[str, dict[str, str]],
+                         train_inputs: str) -> dict[str, int]:
+    """Puts the auxiliary models' predictions into summary_ctx / keywords_ctx (`aux-join`)."""
+    from personalize_t5x.pipeline import aux_join
+
+    return aux_join.join_aux_predictions(features_dir=features_dir, prediction_files=prediction_files,
+                                         train_inputs=train_inputs)
+
+
 def model_vocab_size(vocabulary_path: str, extra_ids: int = 100) -> int:
     """SentencePiece pieces plus SeqIO's extra ids, rounded up to a multiple of 128 (as
     T5's 32,100 ids become a 32,128-row embedding) so the matrix tiles evenly."""
@@ -194,6 +211,37 @@ def predict_row(*, task_name: str, model_dir: str, output_dir: str, model: confi
         random_seed=seed,
     )
     return written[task_name]
+
+
+def predict_splits(*, task_name: str, model_dir: str, output_dir: str, model: config_lib.ModelSpec,
+                   budget: config_lib.Budget, vocab_size: int, seed: int, splits: Sequence[str]) -> dict[str, str]:
+    """Decodes several splits of one task with model_dir's latest checkpoint, restoring it
+    and compiling the decoder once (an auxiliary model predicts for every split); the
+    files are `infer`'s own, OUTPUT/<task>-<split>.jsonl. Returns {split: path}."""
+    import pathlib
+
+    from personalize_t5x.trainer import checkpoints as checkpoints_lib
+    from personalize_t5x.trainer import eval as evaluate_lib
+    from personalize_t5x.trainer import infer as infer_lib
+    from personalize_t5x.trainer import trainer as trainer_lib
+    from personalize_t5x.trainer import utils
+
+    task = utils.get_mixture_or_task(task_name)
+    out_dir = checkpoints_lib.ensure_writable_dir(output_dir, "INFER_OUTPUT_DIR")
+    trainer = trainer_lib.Trainer(model=build_model(dataclasses.replace(model, dropout_rate=0.0), vocab_size=vocab_size),
+                                  partitioner=_partitioner(model))
+    batch_size = 64
+    shapes_cfg = utils.DatasetConfig(mixture_or_task_name=task_name, task_feature_lengths=_lengths(budget),
+                                     split=splits[0], batch_size=batch_size)
+    params, _ = evaluate_lib.restore_params(trainer, utils.RestoreCheckpointConfig(path=model_dir, mode="latest"),
+                                            evaluate_lib.model_input_shapes(shapes_cfg, trainer.partitioner.data_size))
+    written = {}
+    for split in splits:
+        path = pathlib.Path(out_dir) / f"{task_name}-{split}.jsonl"
+        infer_lib.infer_task(trainer, params, task, split=split, lengths=_lengths(budget), batch_size=batch_size,
+                             output_path=path, predict_options=budget.predict_options, rng_seed=seed)
+        written[split] = os.fspath(path)
+    return written
 
 
 class Stopwatch:

@@ -119,3 +119,51 @@ def test_config_errors_are_caught_before_any_step(tmp_path):
         config_lib.Budget(decoding="sampling")
     with pytest.raises(ValueError, match="corpus.format"):
         config_lib.CorpusSpec("docx", ("a",))
+
+
+def test_rows_reading_summaries_and_keywords_get_the_auxiliary_models_predictions(tmp_path):
+    """SynCtx reads summary_ctx and keywords_ctx: `run` trains the SumCtx and SynCtx models,
+    decodes every split with them and joins the predictions before training the row."""
+    from personalize_t5x import feature_names as fn
+    from personalize_t5x.io import tfrecords
+    from personalize_t5x.pipeline import aux_join
+
+    base = _config(tmp_path)
+    config = config_lib.ExperimentConfig(**{**base.__dict__, "variants": ("immed_ctx", "syn_ctx"),
+                                            "aux": config_lib.AuxSpec(train_steps=3, targets_length=16)})
+    assert config.aux_models == ("sum_ctx", "syn_ctx") and base.aux_models == ()
+    out = io.StringIO()
+    result = runner.run_experiment(config=config, stream=out)
+    ran = [s.name for s in result.steps if not s.skipped]
+    assert ran == ["convert", "examples", "vocab", "features", "retrieval",
+                   "aux_train/sum_ctx", "aux_predict/sum_ctx", "aux_train/syn_ctx", "aux_predict/syn_ctx", "aux_join",
+                   "train/immed_ctx", "predict/immed_ctx", "train/syn_ctx", "predict/syn_ctx", "report"]
+    assert "[15/15] report" in out.getvalue()
+    records = {s.name: s.result for s in result.steps}
+    assert records["aux_train/sum_ctx"]["step"] == 3
+
+    paths = runner.Paths(config)
+    manifest = json.loads(open(f"{paths.features}/manifest.json").read())
+    assert manifest["aux_predictions"]["models"] == ["sum_ctx", "syn_ctx"]
+    for model, feature in (("sum_ctx", fn.SUMMARY_CTX), ("syn_ctx", fn.KEYWORDS_CTX)):
+        predicted = records[f"aux_predict/{model}"]["paths"]
+        for split in fn.SPLITS:
+            by_id = aux_join.read_predictions(predicted[split])
+            joined = {}
+            for name in manifest["splits"][split]["files"]:
+                if name.startswith(f"{split}.tfrecord-"):
+                    for data in tfrecords.iter_tfrecord(f"{paths.features}/{name}"):
+                        features = tfrecords.parse_bytes_example(data)
+                        joined[features[fn.EXAMPLE_ID].decode()] = features[feature].decode()
+            # every example of every split has the model's own prediction, nothing else
+            assert joined == by_id and joined, (model, split)
+        empty = records[f"aux_predict/{model}"]["empty_predictions"]
+        assert set(empty) == set(fn.SPLITS)
+
+    report = json.loads(open(result.report_paths["json"]).read())
+    assert set(report["aux_models"]) == {"sum_ctx", "syn_ctx"}
+    assert report["aux_models"]["syn_ctx"]["predictions"]["test"] == report["examples"]
+    assert "## Auxiliary models" in open(result.report_paths["markdown"]).read()
+
+    again = io.StringIO()
+    assert runner.run_experiment(config=config, stream=again).did_nothing

@@ -9,7 +9,10 @@ import math
 
 from shared_paths import require_shared
 
+from personalize_t5x import feature_names as fn
 from personalize_t5x.commands import run as run_command
+from personalize_t5x.io import tfrecords
+from personalize_t5x.pipeline import aux_join
 from personalize_t5x.experiment import runner
 from personalize_t5x.trainer import gin_utils
 
@@ -29,6 +32,9 @@ def test_beer_experiment_report_and_rerun(tmp_path):
         "MODEL = {'emb_dim': 16, 'num_heads': 2, 'head_dim': 8, 'mlp_dim': 32, 'num_encoder_layers': 1, "
         "'num_decoder_layers': 1}",
         "TRAIN_STEPS = 3", "BATCH_SIZE = 8", "FEATURE_LENGTHS = {'inputs': 96, 'targets': 16}",
+        # SynCtx and AuthorPred read summary_ctx and keywords_ctx: both auxiliary models train
+        # (long enough to write text, not EOS) and decode every split.
+        "AUX_TRAIN_STEPS = 40", "AUX_TARGETS_LENGTH = 16",
         "DECODING = 'greedy'",
         "run.experiment.beam_workers = 1",
     ]
@@ -54,6 +60,23 @@ def test_beer_experiment_report_and_rerun(tmp_path):
     assert rows["syn_ctx_author_mix"]["parent"] == "syn_ctx"
     assert [r["ranker"] for r in report["retrieval"]["rankers"]] == ["recent_doc", "rank_doc_bm25"]
     assert report["dataset"]["splits"]["test"]["examples"] == report["examples"]
+
+    # The rows reading the auxiliary models' fields have them in >= 95% of the examples of
+    # every split, and every example has its own model's prediction (issue: summaries/keywords).
+    steps = {s.name: s.result for s in result.steps}
+    assert [s.name for s in result.steps if s.name.startswith("aux")] == [
+        "aux_train/sum_ctx", "aux_predict/sum_ctx", "aux_train/syn_ctx", "aux_predict/syn_ctx", "aux_join"]
+    features = runner.Paths(config).features
+    manifest = json.loads(open(f"{features}/manifest.json").read())
+    for split, entry in manifest["splits"].items():
+        records = [tfrecords.parse_bytes_example(data) for name in sorted(entry["files"])
+                   if name.startswith(f"{split}.tfrecord-") for data in tfrecords.iter_tfrecord(f"{features}/{name}")]
+        assert records, split
+        for model, feature in (("sum_ctx", fn.SUMMARY_CTX), ("syn_ctx", fn.KEYWORDS_CTX)):
+            predicted = aux_join.read_predictions(steps[f"aux_predict/{model}"]["paths"][split])
+            assert {r[fn.EXAMPLE_ID].decode(): r[feature].decode() for r in records} == predicted, (model, split)
+            filled = sum(1 for r in records if r[feature].decode().strip()) / len(records)
+            assert filled >= 0.95, (model, split, filled)
 
     again = io.StringIO()
     second = runner.run_experiment(config=run_command.config_from_gin(["experiments/stackexchange.gin"], bindings, search),
