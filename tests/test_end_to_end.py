@@ -58,7 +58,8 @@ def test_corpus_to_trained_and_evaluated_model(tmp_path):
 
     eval_dir = tmp_path / "eval"
     _python("personalize_t5x.trainer.eval", "--gin_file=models/t5_1_1_tiny.gin", "--gin_file=runs/eval.gin",
-            f"--gin.CHECKPOINT_PATH='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{MIXTURE}'",
+            f"--gin.CHECKPOINT_PATH='{model_dir}'", "--gin.utils.RestoreCheckpointConfig.mode='latest'",
+            f"--gin.MIXTURE_OR_TASK_NAME='{MIXTURE}'",
             f"--gin.EVAL_OUTPUT_DIR='{eval_dir}'", "--gin.MIXTURE_OR_TASK_SPLIT='validation'",
             "--gin.PREDICT_OPTIONS={'method': 'greedy'}", *common, env=env, cwd=repo)
     metrics = json.loads((eval_dir / "metrics.json").read_text())

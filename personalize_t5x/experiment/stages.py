@@ -204,7 +204,7 @@ def predict_row(*, task_name: str, model_dir: str, output_dir: str, model: confi
         model=build_model(dataclasses.replace(model, dropout_rate=0.0), vocab_size=vocab_size),
         dataset_cfg=utils.DatasetConfig(mixture_or_task_name=task_name, task_feature_lengths=_lengths(budget),
                                         split=budget.eval_split, batch_size=64, shuffle=False, seed=0),
-        restore_checkpoint_cfg=utils.RestoreCheckpointConfig(path=model_dir, mode="specific"),
+        restore_checkpoint_cfg=utils.RestoreCheckpointConfig(path=model_dir, mode="latest"),
         partitioner=_partitioner(model),
         output_dir=output_dir,
         predict_options=budget.predict_options,

@@ -323,12 +323,42 @@ def step_of(step_dir: pathlib.Path) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
+def _is_t5x_legacy_step_dir(path: pathlib.Path) -> bool:
+    """A T5X legacy (msgpack + tensorstore) step folder: its `checkpoint` file is written last."""
+    return (path / "checkpoint").is_file()
+
+
+def restorable_step_dirs(model_dir: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
+    """[(step, folder)] a restore can read, oldest first: finished orbax step folders and T5X
+    legacy ones (the importer reads those), as T5X's `checkpoints.all_steps` lists them.
+
+    Unlike T5X's glob, a `checkpoint_<step>` folder orbax never finished is passed over.
+    """
+    found = dict(step_dirs(model_dir))
+    model_dir = pathlib.Path(model_dir)
+    if model_dir.is_dir():
+        for child in model_dir.iterdir():
+            match = _STEP_DIR.match(child.name)
+            if match and child.is_dir() and _is_t5x_legacy_step_dir(child):
+                found.setdefault(int(match.group(1)), child)
+    return sorted(found.items())
+
+
+def is_model_dir(path: pathlib.Path) -> bool:
+    """Whether `path` is a folder of checkpoint_<step> folders rather than one checkpoint."""
+    p = pathlib.Path(path)
+    if not p.is_dir() or _is_own_step_dir(p) or _is_t5x_legacy_step_dir(p):
+        return False
+    return any(_STEP_DIR.match(child.name) and child.is_dir() for child in p.iterdir())
+
+
 def checkpoint_paths(path: str, mode: str) -> list[pathlib.Path]:
     """RestoreCheckpointConfig's `path` and `mode` (T5X's rules) as step folders to restore.
 
     'specific': `path` itself (a step folder or any importable checkpoint);
     'latest': the newest step folder in `path` (a MODEL_DIR);
     'all': every step folder in `path`, oldest first (evaluation of a whole run).
+    Step folders are those of `restorable_step_dirs`, ordered by step number.
     """
     p = pathlib.Path(path).expanduser()
     if mode == "specific":
@@ -336,7 +366,10 @@ def checkpoint_paths(path: str, mode: str) -> list[pathlib.Path]:
     if not p.is_dir():
         raise CheckpointError(f"checkpoint {path}: no such directory (RestoreCheckpointConfig.mode={mode!r} "
                               "expects a MODEL_DIR of checkpoint_<step> folders)")
-    steps = step_dirs(p)
+    steps = restorable_step_dirs(p)
+    if not steps and (_is_own_step_dir(p) or _is_t5x_legacy_step_dir(p)):
+        raise CheckpointError(f"checkpoint {path}: is one checkpoint, not a MODEL_DIR of checkpoint_<step> "
+                              f"folders (RestoreCheckpointConfig.mode={mode!r}): use mode 'specific' for it")
     if not steps:
         raise CheckpointError(f"checkpoint {path}: holds no finished checkpoint_<step> folder "
                               f"(RestoreCheckpointConfig.mode={mode!r})")

@@ -1,12 +1,19 @@
 """Evaluate a checkpoint on a seqio Task or Mixture; write metrics JSON (T5X's eval.py).
 
     personalize-t5x eval --gin_file=models/t5_1_1_small.gin --gin_file=runs/eval.gin \\
-        --gin.CHECKPOINT_PATH="'/tmp/run'" --gin.EVAL_OUTPUT_DIR="'/tmp/run/eval'" \\
+        --gin.CHECKPOINT_PATH="'/tmp/run/checkpoint_1000'" --gin.EVAL_OUTPUT_DIR="'/tmp/run/eval'" \\
         --gin.MIXTURE_OR_TASK_NAME="'personalize_x_y'"
 
 Decoded metrics come from `seqio.Evaluator` (the task's own metric functions on the
 model's predictions); teacher-forced loss and token accuracy are added per task.
 EVAL_OUTPUT_DIR/metrics.json holds everything, keyed by task.
+
+CHECKPOINT_PATH is read as T5X reads it, by RestoreCheckpointConfig.mode: 'specific' (the
+default) a checkpoint_<step> folder (or a T5X / Hugging Face checkpoint); 'latest' the
+newest checkpoint_<step> of a MODEL_DIR; 'all' every one of them, oldest first, one line
+each in EVAL_OUTPUT_DIR/metrics.jsonl, skipping those an earlier run listed in
+EVAL_OUTPUT_DIR/eval.<mixture>.ckpt. RestoreCheckpointConfig.dtype is the dtype the
+parameters are restored and run in.
 """
 from __future__ import annotations
 
@@ -30,8 +37,8 @@ from personalize_t5x.trainer import utils
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
-_STEP_NAME = re.compile(r"^checkpoint_\d+$")
+METRICS_FILE = "metrics.json"        # the one checkpoint of mode 'specific' / 'latest'
+STEP_METRICS_FILE = "metrics.jsonl"  # mode 'all': one line per checkpoint, in step order
 
 
 def default_evaluator_loggers() -> list:
@@ -239,24 +246,41 @@ def _scalar(value: Any) -> Optional[float]:
     return float(array) if array.shape == () else None
 
 
-def restore_params(trainer: trainer_lib.Trainer, restore_cfg: utils.RestoreCheckpointConfig,
-                   input_shapes: dict) -> tuple[Any, Optional[int]]:
-    """Sharded params from CHECKPOINT_PATH (a step folder, a MODEL_DIR, or a T5X/HF checkpoint)."""
+def restore_paths(restore_cfg: Optional[utils.RestoreCheckpointConfig]) -> list[pathlib.Path]:
+    """The checkpoints CHECKPOINT_PATH and RestoreCheckpointConfig.mode name, oldest first.
+
+    T5X's rules (`utils.get_first_valid_restore_config_and_paths`): 'specific' is `path`
+    itself, 'latest' the newest checkpoint_<step> in it, 'all' every one. A MODEL_DIR
+    given as 'specific' is refused, as T5X's restore refuses a folder that is not a
+    checkpoint_<step> (`checkpoints.get_step_from_checkpoint_dir`), rather than guessing
+    which of its steps was meant.
+    """
     if restore_cfg is None or not restore_cfg.path:
         raise utils.ConfigError("CHECKPOINT_PATH is not set")
-    abstract, shardings, _ = trainer.abstract_state(input_shapes)
     path = pathlib.Path(restore_cfg.path).expanduser()
-    step = None
-    if path.is_dir() and checkpoints_lib.latest_step_dir(path) is not None:
-        path = checkpoints_lib.latest_step_dir(path)
-    if checkpoints_lib.is_own_checkpoint(os.fspath(path)) and _STEP_NAME.match(path.name):
-        try:
-            step = int(path.name.rsplit("_", 1)[1])
-        except (IndexError, ValueError):
-            step = None
-    params = checkpoints_lib.load_initial_params(os.fspath(path), abstract.params)
-    placed = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), params, shardings.params)
-    return placed, step
+    if restore_cfg.mode == "specific" and checkpoints_lib.is_model_dir(path):
+        steps = checkpoints_lib.restorable_step_dirs(path)
+        example = f" (e.g. {steps[-1][1]})" if steps else ""
+        raise checkpoints_lib.CheckpointError(
+            f"checkpoint {restore_cfg.path}: is a MODEL_DIR of checkpoint_<step> folders, and "
+            f"RestoreCheckpointConfig.mode='specific' restores one checkpoint: name a step folder{example} "
+            "or set RestoreCheckpointConfig.mode to 'latest' (or 'all' to evaluate every step)")
+    return checkpoints_lib.checkpoint_paths(os.fspath(path), restore_cfg.mode)
+
+
+def restore_params(trainer: trainer_lib.Trainer, path: os.PathLike | str, input_shapes: dict, *,
+                   dtype: str = "float32") -> tuple[Any, Optional[int]]:
+    """Sharded params of one checkpoint (a step folder or a T5X/HF checkpoint) in `dtype`, and
+    the step its folder names (None for a checkpoint that is not a checkpoint_<step> folder).
+
+    `dtype` is RestoreCheckpointConfig.dtype (T5X's `restore_dtype`): the model then runs on
+    parameters of that dtype, as T5X's eval and infer do.
+    """
+    abstract, shardings, _ = trainer.abstract_state(input_shapes)
+    path = pathlib.Path(path)
+    params = checkpoints_lib.load_initial_params(os.fspath(path), abstract.params, dtype=dtype)
+    placed = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), params, shardings.params)
+    return placed, checkpoints_lib.step_of(path)
 
 
 def model_input_shapes(dataset_cfg: utils.DatasetConfig, batch_size: int) -> dict:
@@ -271,6 +295,41 @@ def model_input_shapes(dataset_cfg: utils.DatasetConfig, batch_size: int) -> dic
             "decoder_target_tokens": (batch_size, dec)}
 
 
+def evaluated_checkpoints_file(output_dir: os.PathLike | str, mixture_or_task_name: str) -> pathlib.Path:
+    """EVAL_OUTPUT_DIR/eval.<mixture>.ckpt: the checkpoints evaluated so far, one path a line
+    in step order (T5X's eval writes and reads the same file, under the same name)."""
+    return pathlib.Path(output_dir) / f"eval.{mixture_or_task_name}.ckpt"
+
+
+def _read_lines(path: pathlib.Path) -> list[str]:
+    return path.read_text().split() if path.is_file() else []
+
+
+def _replace_text(path: pathlib.Path, text: str) -> None:
+    # Write-then-rename: a job killed mid-write leaves the previous file whole.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _checkpoint_key(restore_cfg: utils.RestoreCheckpointConfig, folder: pathlib.Path) -> str:
+    """A checkpoint's line in eval.<mixture>.ckpt, spelled as T5X spells it
+    (`checkpoints.get_checkpoint_dir`: the configured path joined with the folder name), so
+    T5X's eval and this one skip the same checkpoints of each other's file."""
+    if restore_cfg.mode == "specific":
+        return os.path.expanduser(os.fspath(restore_cfg.path))
+    return os.path.join(os.path.expanduser(os.fspath(restore_cfg.path)), folder.name)
+
+
+def _by_step(keys) -> list[str]:
+    # T5X orders this file by step number (eval._sorted_ckpt_paths), not by text.
+    def step(key):
+        found = re.search(r"(\d+)/?$", key)
+        return (int(found.group(1)) if found else -1, key)
+
+    return sorted(keys, key=step)
+
+
 def evaluate(
     *,
     model: Any,
@@ -283,31 +342,83 @@ def evaluate(
     teacher_forced: bool = True,
     random_seed: int = 0,
 ) -> dict:
-    """Evaluates a checkpoint; writes and returns EVAL_OUTPUT_DIR/metrics.json's content."""
+    """Evaluates the checkpoint(s) RestoreCheckpointConfig names; writes and returns the results.
+
+    'specific' / 'latest': one checkpoint; EVAL_OUTPUT_DIR/metrics.json holds its result,
+    which is returned. 'all': every checkpoint_<step> of the MODEL_DIR, oldest first, each
+    recorded in EVAL_OUTPUT_DIR/metrics.jsonl (one result a line, in step order) as soon
+    as it is done; checkpoints listed in eval.<mixture>.ckpt by an earlier run are skipped,
+    as T5X's eval skips them. Returns {'mode': 'all', 'results': [this call's results],
+    'skipped': [checkpoints skipped], ...}. Every mode also logs per step, as T5X does:
+    seqio's inference_eval/<task>-metrics.jsonl and TensorBoard events at the checkpoint's
+    step, and the teacher-forced scalars under training_eval/<task>.
+    """
     out_dir = checkpoints_lib.ensure_writable_dir(output_dir, "EVAL_OUTPUT_DIR")
     utils.get_mixture_or_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module)
+    restore_cfg = restore_checkpoint_cfg
+    # Resolved before the model is built, so a wrong path or mode costs no compilation.
+    paths = restore_paths(restore_cfg)
+    evaluated_file = evaluated_checkpoints_file(out_dir, dataset_cfg.mixture_or_task_name)
+    skipped: list[str] = []
+    if restore_cfg.mode == "all":
+        done = set(_read_lines(evaluated_file))
+        skipped = [_checkpoint_key(restore_cfg, p) for p in paths if _checkpoint_key(restore_cfg, p) in done]
+        paths = [p for p in paths if _checkpoint_key(restore_cfg, p) not in done]
+        if skipped and jax.process_index() == 0:
+            print(f"[eval] skipping {len(skipped)} checkpoint(s) already in {evaluated_file}",
+                  file=sys.stderr, flush=True)
+
     trainer = trainer_lib.Trainer(model=model, partitioner=partitioner)
     data_size = partitioner.data_size
-    params, step = restore_params(trainer, restore_checkpoint_cfg, model_input_shapes(dataset_cfg, data_size))
+    input_shapes = model_input_shapes(dataset_cfg, data_size)
     tf_cfg = None
     if teacher_forced and dataset_cfg.task_feature_lengths is not None:
         tf_cfg = utils.DatasetConfig(**{**dataset_cfg.__dict__, "shuffle": False})
         tf_cfg.batch_size += (-tf_cfg.batch_size) % data_size
+    # One runner for every checkpoint: seqio's Evaluator reads and caches the split once,
+    # and the jitted steps compile once.
     runner = EvalRunner(trainer=trainer, model_dir=out_dir, train_eval_dataset_cfg=tf_cfg,
                         infer_eval_dataset_cfg=dataset_cfg, eval_steps=None,
                         inference_evaluator_cls=inference_evaluator_cls, predict_options=predict_options,
                         seed=random_seed)
-    metrics = runner.run(params, step if step is not None else 0)
-    result = {"checkpoint": os.fspath(restore_checkpoint_cfg.path), "step": step,
-              "mixture_or_task_name": dataset_cfg.mixture_or_task_name, "split": dataset_cfg.split,
-              "metrics": metrics}
-    if jax.process_index() == 0:
-        path = out_dir / METRICS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-        print(f"[eval] wrote {path}", file=sys.stderr, flush=True)
-    return result
+    results = []
+    for path in paths:
+        params, step = restore_params(trainer, path, input_shapes, dtype=restore_cfg.dtype)
+        if jax.process_index() == 0:
+            print(f"[eval] {path} (step {step}, parameters in {restore_cfg.dtype})", file=sys.stderr, flush=True)
+        metrics = runner.run(params, step if step is not None else 0)
+        # Released before the next restore, so two checkpoints are never held at once.
+        del params
+        result = {"checkpoint": os.fspath(path), "step": step,
+                  "mixture_or_task_name": dataset_cfg.mixture_or_task_name, "split": dataset_cfg.split,
+                  "dtype": restore_cfg.dtype, "metrics": metrics}
+        results.append(result)
+        if jax.process_index() == 0:
+            if restore_cfg.mode == "all":
+                _record_step_result(out_dir / STEP_METRICS_FILE, result)
+            else:
+                _replace_text(out_dir / METRICS_FILE, json.dumps(result, indent=2, sort_keys=True) + "\n")
+                print(f"[eval] wrote {out_dir / METRICS_FILE}", file=sys.stderr, flush=True)
+            keys = set(_read_lines(evaluated_file)) | {_checkpoint_key(restore_cfg, path)}
+            _replace_text(evaluated_file, "\n".join(_by_step(keys)))
+    if restore_cfg.mode != "all":
+        return results[0]
+    return {"checkpoint": os.fspath(restore_cfg.path), "mode": "all",
+            "mixture_or_task_name": dataset_cfg.mixture_or_task_name, "split": dataset_cfg.split,
+            "results": results, "skipped": skipped}
+
+
+def _record_step_result(path: pathlib.Path, result: dict) -> None:
+    """Puts one checkpoint's result into metrics.jsonl, replacing an older line of the same
+    checkpoint, mixture and split, and keeps the lines in step order."""
+    def key(record):
+        return (record.get("checkpoint"), record.get("mixture_or_task_name"), record.get("split"))
+
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    records = [r for r in records if key(r) != key(result)] + [result]
+    records.sort(key=lambda r: (r.get("step") if r.get("step") is not None else -1, r.get("checkpoint") or ""))
+    _replace_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    print(f"[eval] step {result['step']} added to {path}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Write a checkpoint's predictions on a seqio Task or Mixture as JSONL (T5X's infer.py).
 
     personalize-t5x infer --gin_file=models/t5_1_1_small.gin --gin_file=runs/infer.gin \\
-        --gin.CHECKPOINT_PATH="'/tmp/run'" --gin.INFER_OUTPUT_DIR="'/tmp/run/infer'" \\
+        --gin.CHECKPOINT_PATH="'/tmp/run/checkpoint_1000'" --gin.INFER_OUTPUT_DIR="'/tmp/run/infer'" \\
         --gin.MIXTURE_OR_TASK_NAME="'personalize_x_y'" \\
         --gin.TASK_FEATURE_LENGTHS="{'inputs': 512, 'targets': 512}"
 
@@ -10,6 +10,13 @@ the split's order: `example_id` (when the task has that feature), `inputs`, `tar
 `prediction` (decoded text; token ids for vocabularies without text), `prediction_tokens`
 (the decoded ids up to the first padding id, as T5X's infer writes them with
 `output_ids=True`) and `target_score`.
+
+CHECKPOINT_PATH is a checkpoint_<step> folder (or a T5X / Hugging Face checkpoint) with
+RestoreCheckpointConfig.mode 'specific' (the default; a MODEL_DIR is refused, as T5X's infer
+refuses it), or a MODEL_DIR with 'latest' (its newest step; T5X's infer ignores the mode and
+restores `path` as one checkpoint, so this is the project's addition). 'all' is refused:
+one run writes one checkpoint's predictions. RestoreCheckpointConfig.dtype is the dtype
+the parameters are restored and decoded in.
 """
 from __future__ import annotations
 
@@ -122,15 +129,25 @@ def infer(
 
     if mode != "predict":
         raise utils.ConfigError(f"infer.mode {mode!r} is not supported; only 'predict'")
+    if restore_checkpoint_cfg is not None and restore_checkpoint_cfg.mode == "all":
+        # T5X's infer restores one checkpoint (`create_checkpoint_manager_and_restore` of
+        # `path`), and one output file per task has room for one checkpoint's predictions.
+        raise utils.ConfigError("RestoreCheckpointConfig.mode 'all' is for evaluation; infer writes one "
+                                "checkpoint's predictions: use 'specific' with a checkpoint_<step> folder or 'latest'")
     if dataset_cfg.task_feature_lengths is None:
         raise utils.ConfigError("TASK_FEATURE_LENGTHS must be set for inference (e.g. {'inputs': 512, 'targets': 512})")
     lengths = dict(dataset_cfg.task_feature_lengths)
     out_dir = checkpoints_lib.ensure_writable_dir(output_dir, "INFER_OUTPUT_DIR")
     mixture = utils.get_mixture_or_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module)
     utils.feature_lengths_for(dataset_cfg, mixture)
+    (checkpoint,) = evaluate_lib.restore_paths(restore_checkpoint_cfg)
     trainer = trainer_lib.Trainer(model=model, partitioner=partitioner)
-    params, step = evaluate_lib.restore_params(trainer, restore_checkpoint_cfg,
-                                               evaluate_lib.model_input_shapes(dataset_cfg, partitioner.data_size))
+    params, step = evaluate_lib.restore_params(trainer, checkpoint,
+                                               evaluate_lib.model_input_shapes(dataset_cfg, partitioner.data_size),
+                                               dtype=restore_checkpoint_cfg.dtype)
+    if jax.process_index() == 0:
+        print(f"[infer] {checkpoint} (step {step}, parameters in {restore_checkpoint_cfg.dtype})",
+              file=sys.stderr, flush=True)
     written = {}
     for task in seqio.get_subtasks(mixture):
         if dataset_cfg.split not in task.splits:

@@ -74,7 +74,7 @@ def test_gin_bindings_flag_and_shorthand_are_the_same_binding():
 def test_eval_writes_metrics_json(trained, tmp_path):
     out = tmp_path / "eval"
     args = ["eval", MODEL_GIN, "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{trained}'",
-            f"--gin.EVAL_OUTPUT_DIR='{out}'", *TASK_FLAGS]
+            "--gin.utils.RestoreCheckpointConfig.mode='latest'", f"--gin.EVAL_OUTPUT_DIR='{out}'", *TASK_FLAGS]
     assert cli.main(args) == 0
     result = json.loads((out / "metrics.json").read_text())
     assert result["step"] == 4 and result["split"] == "test"
