@@ -233,7 +233,8 @@ def predict_splits(*, task_name: str, model_dir: str, output_dir: str, model: co
     batch_size = 64
     shapes_cfg = utils.DatasetConfig(mixture_or_task_name=task_name, task_feature_lengths=_lengths(budget),
                                      split=splits[0], batch_size=batch_size)
-    params, _ = evaluate_lib.restore_params(trainer, utils.RestoreCheckpointConfig(path=model_dir, mode="latest"),
+    latest = evaluate_lib.restore_paths(utils.RestoreCheckpointConfig(path=model_dir, mode="latest"))[-1]
+    params, _ = evaluate_lib.restore_params(trainer, latest,
                                             evaluate_lib.model_input_shapes(shapes_cfg, trainer.partitioner.data_size))
     written = {}
     for split in splits:
