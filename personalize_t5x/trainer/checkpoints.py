@@ -26,6 +26,8 @@ Hugging Face T5 directory (read by `personalize_t5x.network.hf_checkpoints`).
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -423,7 +425,8 @@ def _inspect(step_dir: pathlib.Path) -> _ItemTree:
                               f"({_one_line(error)})") from None
     checkpointer = ocp.PyTreeCheckpointer()
     try:
-        tree = checkpointer.metadata(os.fspath(item.absolute()))
+        with draining_orbax_loops():  # a damaged array's metadata read fails like a restore
+            tree = checkpointer.metadata(os.fspath(item.absolute()))
         tree = getattr(getattr(tree, "item_metadata", tree), "tree", tree)
         shapes = {name: (None if getattr(leaf, "shape", None) is None else tuple(leaf.shape))
                   for name, leaf in flatten(tree).items()}
@@ -457,51 +460,71 @@ def _restore_item(item_dir: pathlib.Path, target: Any, *, source: pathlib.Path, 
     try:
         return _orbax_restore(item_dir, target, partial=partial)
     except Exception as error:  # tensorstore/orbax raise many types for damaged files
-        _drop_closed_loop_callbacks()
         where = _locate(error, target) or _first_unreadable(item_dir, target)
         raise CheckpointError(f"checkpoint {source}: {item_dir.name}/ cannot be read "
                               f"({where}{_one_line(error)})") from None
 
 
-def _drop_closed_loop_callbacks() -> None:
-    """Keeps orbax's aborted reads from printing `RuntimeError: Event loop is closed`.
+# How long a closing orbax loop waits for reads still in flight (only ever after a failure).
+_DRAIN_SECONDS = 300.0
 
-    When one read of a damaged checkpoint fails, orbax's asyncio loop closes while
-    TensorStore still completes the other reads, and each completion's callback prints that
-    traceback (through sys.excepthook, from TensorStore's threads) for the rest of the run.
-    The CheckpointError has already said what is wrong; only that exact error is dropped.
+
+class _DrainingEventLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop that lets its unfinished tasks finish before it closes.
+
+    orbax runs each restore in a fresh loop and closes it as soon as the restore raises
+    (`asyncio_utils.run_sync`). When one read of a damaged checkpoint fails, asyncio.gather
+    raises but leaves the sibling reads running: each awaits a TensorStore future whose
+    completion callback, called from TensorStore's C++ threads, does
+    `loop.call_soon_threadsafe`; on the closed loop that raises `RuntimeError: Event loop
+    is closed`, which TensorStore prints as an unraisable exception, once per read, at any
+    later time. Cancelling the tasks does not help (TensorStore still calls back when the
+    read ends); running the loop until they are done does. A successful restore leaves no
+    tasks, so this only ever waits after a failure, for reads that were in flight anyway.
     """
-    import sys
 
-    def closed_loop(kind, value) -> bool:
-        return kind is RuntimeError and str(value) == "Event loop is closed"
+    def close(self) -> None:
+        deadline = time.monotonic() + _DRAIN_SECONDS
+        while not self.is_closed() and not self.is_running():
+            pending = asyncio.all_tasks(self)
+            if not pending or time.monotonic() >= deadline:
+                break
+            done, _ = self.run_until_complete(asyncio.wait(pending, timeout=deadline - time.monotonic()))
+            for task in done:  # their errors are the failed restore's siblings: already reported
+                if not task.cancelled():
+                    task.exception()
+        super().close()
 
-    if not getattr(sys.excepthook, "_drops_closed_loop", False):
-        previous_excepthook = sys.excepthook
 
-        def excepthook(kind, value, traceback):
-            if not closed_loop(kind, value):
-                previous_excepthook(kind, value, traceback)
+class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return _DrainingEventLoop()
 
-        excepthook._drops_closed_loop = True
-        sys.excepthook = excepthook
-    if not getattr(sys.unraisablehook, "_drops_closed_loop", False):
-        previous_unraisablehook = sys.unraisablehook
 
-        def unraisablehook(unraisable):
-            if not closed_loop(unraisable.exc_type, unraisable.exc_value):
-                previous_unraisablehook(unraisable)
+@contextlib.contextmanager
+def draining_orbax_loops():
+    """Synchronous orbax calls made inside get loops that finish their reads before closing.
 
-        unraisablehook._drops_closed_loop = True
-        sys.unraisablehook = unraisablehook
+    orbax takes its loops from `asyncio.new_event_loop()`, i.e. from the event loop policy
+    (orbax has no other hook), so the policy is swapped for the duration of the call. A
+    loop another thread creates meanwhile drains too, which only ever waits for its own
+    unfinished tasks.
+    """
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_DrainingPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(previous)
 
 
 def _orbax_restore(item_dir: pathlib.Path, target: Any, *, partial: bool) -> Any:
     checkpointer = ocp.PyTreeCheckpointer()
     try:
         restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-        return checkpointer.restore(os.fspath(item_dir.absolute()), args=ocp.args.PyTreeRestore(
-            item=target, restore_args=restore_args, partial_restore=partial))
+        with draining_orbax_loops():
+            return checkpointer.restore(os.fspath(item_dir.absolute()), args=ocp.args.PyTreeRestore(
+                item=target, restore_args=restore_args, partial_restore=partial))
     finally:
         checkpointer.close()
 
