@@ -378,8 +378,11 @@ def _load_legacy(ckpt_dir: str, expected_shapes: Any, with_optimizer_state: bool
 def _orbax_tree_metadata(state_dir: str) -> Mapping[str, Any]:
     import orbax.checkpoint as ocp
 
+    from personalize_t5x.io import orbax_loops
+
     try:
-        meta = ocp.PyTreeCheckpointer().metadata(state_dir)
+        with orbax_loops.draining_orbax_loops():  # no late TensorStore callbacks after a failure
+            meta = ocp.PyTreeCheckpointer().metadata(state_dir)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointImportError(f"T5X checkpoint {state_dir}: unreadable orbax metadata: {first}") from None
@@ -413,11 +416,14 @@ def _load_orbax(state_dir: str, expected_shapes: Any, with_optimizer_state: bool
         wanted["state"] = {"step": state_meta["step"]}
 
     restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+    from personalize_t5x.io import orbax_loops
+
     try:
-        restored = ocp.PyTreeCheckpointer().restore(
-            state_dir,
-            args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True),
-        )
+        with orbax_loops.draining_orbax_loops():
+            restored = ocp.PyTreeCheckpointer().restore(
+                state_dir,
+                args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True),
+            )
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointImportError(f"T5X checkpoint {state_dir}: orbax restore failed: {first}") from None

@@ -26,8 +26,6 @@ Hugging Face T5 directory (read by `personalize_t5x.network.hf_checkpoints`).
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -45,6 +43,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from personalize_t5x.errors import PersonalizeError
+from personalize_t5x.io import orbax_loops
 
 logger = logging.getLogger(__name__)
 
@@ -425,7 +424,7 @@ def _inspect(step_dir: pathlib.Path) -> _ItemTree:
                               f"({_one_line(error)})") from None
     checkpointer = ocp.PyTreeCheckpointer()
     try:
-        with draining_orbax_loops():  # a damaged array's metadata read fails like a restore
+        with orbax_loops.draining_orbax_loops():  # a damaged array's metadata read fails like a restore
             tree = checkpointer.metadata(os.fspath(item.absolute()))
         tree = getattr(getattr(tree, "item_metadata", tree), "tree", tree)
         shapes = {name: (None if getattr(leaf, "shape", None) is None else tuple(leaf.shape))
@@ -465,64 +464,11 @@ def _restore_item(item_dir: pathlib.Path, target: Any, *, source: pathlib.Path, 
                               f"({where}{_one_line(error)})") from None
 
 
-# How long a closing orbax loop waits for reads still in flight (only ever after a failure).
-_DRAIN_SECONDS = 300.0
-
-
-class _DrainingEventLoop(asyncio.SelectorEventLoop):
-    """An asyncio loop that lets its unfinished tasks finish before it closes.
-
-    orbax runs each restore in a fresh loop and closes it as soon as the restore raises
-    (`asyncio_utils.run_sync`). When one read of a damaged checkpoint fails, asyncio.gather
-    raises but leaves the sibling reads running: each awaits a TensorStore future whose
-    completion callback, called from TensorStore's C++ threads, does
-    `loop.call_soon_threadsafe`; on the closed loop that raises `RuntimeError: Event loop
-    is closed`, which TensorStore prints as an unraisable exception, once per read, at any
-    later time. Cancelling the tasks does not help (TensorStore still calls back when the
-    read ends); running the loop until they are done does. A successful restore leaves no
-    tasks, so this only ever waits after a failure, for reads that were in flight anyway.
-    """
-
-    def close(self) -> None:
-        deadline = time.monotonic() + _DRAIN_SECONDS
-        while not self.is_closed() and not self.is_running():
-            pending = asyncio.all_tasks(self)
-            if not pending or time.monotonic() >= deadline:
-                break
-            done, _ = self.run_until_complete(asyncio.wait(pending, timeout=deadline - time.monotonic()))
-            for task in done:  # their errors are the failed restore's siblings: already reported
-                if not task.cancelled():
-                    task.exception()
-        super().close()
-
-
-class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
-    def new_event_loop(self) -> asyncio.AbstractEventLoop:
-        return _DrainingEventLoop()
-
-
-@contextlib.contextmanager
-def draining_orbax_loops():
-    """Synchronous orbax calls made inside get loops that finish their reads before closing.
-
-    orbax takes its loops from `asyncio.new_event_loop()`, i.e. from the event loop policy
-    (orbax has no other hook), so the policy is swapped for the duration of the call. A
-    loop another thread creates meanwhile drains too, which only ever waits for its own
-    unfinished tasks.
-    """
-    previous = asyncio.get_event_loop_policy()
-    asyncio.set_event_loop_policy(_DrainingPolicy())
-    try:
-        yield
-    finally:
-        asyncio.set_event_loop_policy(previous)
-
-
 def _orbax_restore(item_dir: pathlib.Path, target: Any, *, partial: bool) -> Any:
     checkpointer = ocp.PyTreeCheckpointer()
     try:
         restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-        with draining_orbax_loops():
+        with orbax_loops.draining_orbax_loops():
             return checkpointer.restore(os.fspath(item_dir.absolute()), args=ocp.args.PyTreeRestore(
                 item=target, restore_args=restore_args, partial_restore=partial))
     finally:

@@ -33,8 +33,9 @@ def test_beer_experiment_report_and_rerun(tmp_path):
         "'num_decoder_layers': 1}",
         "TRAIN_STEPS = 3", "BATCH_SIZE = 8", "FEATURE_LENGTHS = {'inputs': 96, 'targets': 16}",
         # SynCtx and AuthorPred read summary_ctx and keywords_ctx: both auxiliary models train
-        # (long enough to write text, not EOS) and decode every split.
-        "AUX_TRAIN_STEPS = 40", "AUX_TARGETS_LENGTH = 16",
+        # (300 steps: at 40 this model still answers the unigram mode, EOS, for SumCtx) and
+        # decode every split.
+        "AUX_TRAIN_STEPS = 300", "AUX_TARGETS_LENGTH = 16",
         "DECODING = 'greedy'",
         "run.experiment.beam_workers = 1",
     ]

@@ -25,6 +25,7 @@ sys.path.insert(0, str(TRAINER_TESTS))
 import tiny_task  # noqa: E402
 
 from personalize_t5x import cli  # noqa: E402
+from personalize_t5x.io import orbax_loops  # noqa: E402
 
 STEPS = 4
 
@@ -104,7 +105,7 @@ def _raw_leaves(state_dir):
     from personalize_t5x.trainer import checkpoints
 
     try:
-        with checkpoints.draining_orbax_loops():
+        with orbax_loops.draining_orbax_loops():
             tree = ocp.PyTreeCheckpointer().restore(os.fspath(state_dir))
     except Exception:
         return None
