@@ -23,10 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gin_utils.accept_gin_shorthand(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    from personalize_t5x.commands import run as run_command
-
+def as_run_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The `run` command line this demo command stands for."""
     args.gin_file = [DEMO_GIN, *args.gin_file]
     if args.output_dir:
         args.gin_bindings = [*args.gin_bindings, f"OUTPUT_DIR = {args.output_dir!r}"]
-    return run_command.run(args)
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    from personalize_t5x.commands import run as run_command
+
+    return run_command.run(as_run_args(args))

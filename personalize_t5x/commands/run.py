@@ -150,14 +150,21 @@ def config_from_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], searc
     return gin_utils.call_configured(gin.get_configurable(experiment), "run")
 
 
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The experiment the command line names: --gin_search_paths, then the project's gin/
+    folder (T5X's rule), so `--gin_file=experiments/demo.gin` works from any directory."""
+    from personalize_t5x.trainer import gin_utils
+
+    return config_from_gin(args.gin_file, args.gin_bindings, gin_utils.search_paths_from_args(args))
+
+
 def run(args: argparse.Namespace) -> int:
     from personalize_t5x.experiment import runner
     from personalize_t5x.trainer.utils import ConfigError
 
     _quiet_logs()
-    paths = [p for p in str(args.gin_search_paths).split(",") if p]
     try:
-        config = config_from_gin(args.gin_file, args.gin_bindings, paths)
+        config = config_from_args(args)
     except (ConfigError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

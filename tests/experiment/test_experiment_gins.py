@@ -66,3 +66,26 @@ def test_resolve_inputs_globs_and_package_paths(tmp_path):
     assert run_command.resolve_inputs([str(tmp_path / "*.gz")]) == (str(tmp_path / "a.gz"), str(tmp_path / "b.gz"))
     assert run_command.resolve_inputs([str(tmp_path / "none*.gz")]) == (str(tmp_path / "none*.gz"),)
     assert run_command.resolve_inputs(["package:demo/README.md"])[0].endswith("personalize_t5x/demo/README.md")
+
+
+def test_the_readme_commands_find_the_experiment_gins_from_any_directory(tmp_path, monkeypatch):
+    """`personalize-t5x run --gin_file=experiments/demo.gin` (the README's main command, `make
+    demo`) and `personalize-t5x demo` parse their command line as the CLI does, in a folder
+    that holds no gin files: the project's gin/ folder is searched after --gin_search_paths."""
+    import argparse
+
+    from personalize_t5x.commands import demo as demo_command
+
+    monkeypatch.chdir(tmp_path)
+    parser = argparse.ArgumentParser()
+    run_command.add_arguments(parser)
+    args = parser.parse_args(["--gin_file=experiments/demo.gin", "--gin.TRAIN_STEPS=7"])
+    config = run_command.config_from_args(args)
+    assert config.name == "demo" and config.budget.train_steps == 7
+    assert config.aux_models == ("sum_ctx", "syn_ctx")
+
+    parser = argparse.ArgumentParser()
+    demo_command.add_arguments(parser)
+    args = demo_command.as_run_args(parser.parse_args(["--output-dir", str(tmp_path / "out")]))
+    config = run_command.config_from_args(args)
+    assert config.name == "demo" and config.output_dir == str(tmp_path / "out")
