@@ -26,9 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def prediction_file(predictions_dir: str, dataset: str, model: str, split: str) -> str:
     from personalize_t5x.tasks import registry
+    from personalize_t5x.trainer.infer import prediction_file_name
 
     task = registry.summarize_task_name(dataset) if model == "sum_ctx_ind" else registry.aux_task_name(dataset, model)
-    return os.path.join(predictions_dir, f"{task}-infer_{split}.jsonl")
+    return os.path.join(predictions_dir, prediction_file_name(task, f"infer_{split}"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -228,9 +228,8 @@ def run_experiment(*, config: config_lib.ExperimentConfig, stream=None) -> Exper
     steps.run("retrieval", f_retrieval, retrieval_body)
 
     vocab_size = stages.model_vocab_size(paths.vocabulary)
-    aux_summaries: dict[str, Any] = {}
-    f_rows_data = _run_aux_models(config, paths, steps, progress, f_features=f_features, f_vocab=f_vocab,
-                                  vocab_size=vocab_size, aux_summaries=aux_summaries)
+    f_rows_data, aux_summaries = _run_aux_models(config, paths, steps, progress, f_features=f_features,
+                                                 f_vocab=f_vocab, vocab_size=vocab_size)
     registered = False
     budget_for_training = dataclasses.replace(config.budget, decoding="greedy", beam_size=1, eval_split="test")
     # wall seconds of the rows trained and decoded in this call: the next row's ETA
@@ -291,23 +290,33 @@ def run_experiment(*, config: config_lib.ExperimentConfig, stream=None) -> Exper
 
 
 def _run_aux_models(config: config_lib.ExperimentConfig, paths: Paths, steps: _Steps, progress: Progress, *,
-                    f_features: str, f_vocab: str, vocab_size: int, aux_summaries: dict[str, Any]) -> str:
+                    f_features: str, f_vocab: str, vocab_size: int) -> tuple[str, dict[str, Any]]:
     """Trains and decodes the auxiliary models some row reads, then joins their predictions
-    into the features; returns the fingerprint of the data the rows train on and fills
-    `aux_summaries` with what the report says of each model.
+    into the features; returns the fingerprint of the data the rows train on and what the
+    report says of each model.
 
     The join rewrites the features' shards in place (pipeline.aux_join): running it again
     from the same predictions writes the same bytes, so a crash inside it is resumed by
     running it again, and a changed features step invalidates it through its fingerprint.
     """
     if not config.aux_models:
-        return f_features
+        return f_features, {}
     from personalize_t5x.commands import aux_join as aux_join_command
     from personalize_t5x.pipeline import aux_join
     from personalize_t5x import feature_names
 
     budget = config.aux.budget(config.budget)
     registered: dict[str, str] = {}
+
+    def tasks() -> dict[str, str]:
+        """{model: task}, registered the first time a step runs (none when all are done)."""
+        if not registered:
+            registered.update(stages.register_aux_tasks(
+                name=config.name, features_dir=paths.features, vocabulary_path=paths.vocabulary,
+                summary_ranker=config.retrieval.summary_ranker))
+        return registered
+
+    summaries: dict[str, Any] = {}
     prediction_files: dict[str, dict[str, str]] = {}
     fingerprints = []
     for model in config.aux_models:
@@ -319,13 +328,6 @@ def _run_aux_models(config: config_lib.ExperimentConfig, paths: Paths, steps: _S
         predictions_dir = os.path.join(paths.aux(model), stages.PREDICTIONS_DIR)
         prediction_files[model] = {split: aux_join_command.prediction_file(predictions_dir, config.name, model, split)
                                    for split in feature_names.SPLITS}
-
-        def tasks() -> dict[str, str]:
-            if not registered:
-                registered.update(stages.register_aux_tasks(
-                    name=config.name, features_dir=paths.features, vocabulary_path=paths.vocabulary,
-                    summary_ranker=config.retrieval.summary_ranker))
-            return registered
 
         def train_body(head, model=model, train_dir=train_dir, f_train=f_train):
             _clear_if_started_differently(train_dir, f_train)
@@ -349,13 +351,13 @@ def _run_aux_models(config: config_lib.ExperimentConfig, paths: Paths, steps: _S
                                           for split, p in read.items()}}
 
         predicted = steps.run(f"aux_predict/{model}", f_predict, predict_body)
-        aux_summaries[model] = {"step": trained["step"], "loss": trained["loss"],
+        summaries[model] = {"step": trained["step"], "loss": trained["loss"],
                             "predictions": predicted["predictions"], "empty_predictions": predicted["empty_predictions"]}
 
     f_join = config_lib.fingerprint("aux_join", f_features, fingerprints, config.aux.train_inputs)
     steps.run("aux_join", f_join, lambda head: stages.join_aux_predictions(
         features_dir=paths.features, prediction_files=prediction_files, train_inputs=config.aux.train_inputs))
-    return f_join
+    return f_join, summaries
 
 
 def _timings(paths: Paths, config: config_lib.ExperimentConfig) -> dict[str, dict[str, float]]:

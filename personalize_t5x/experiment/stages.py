@@ -197,27 +197,16 @@ def train_row(*, task_name: str, model_dir: str, model: config_lib.ModelSpec, bu
 def predict_row(*, task_name: str, model_dir: str, output_dir: str, model: config_lib.ModelSpec,
                 budget: config_lib.Budget, vocab_size: int, seed: int) -> str:
     """Decodes the eval split with model_dir's latest checkpoint; returns the JSONL path."""
-    from personalize_t5x.trainer import infer as infer_lib
-    from personalize_t5x.trainer import utils
-
-    written = infer_lib.infer(
-        model=build_model(dataclasses.replace(model, dropout_rate=0.0), vocab_size=vocab_size),
-        dataset_cfg=utils.DatasetConfig(mixture_or_task_name=task_name, task_feature_lengths=_lengths(budget),
-                                        split=budget.eval_split, batch_size=64, shuffle=False, seed=0),
-        restore_checkpoint_cfg=utils.RestoreCheckpointConfig(path=model_dir, mode="latest"),
-        partitioner=_partitioner(model),
-        output_dir=output_dir,
-        predict_options=budget.predict_options,
-        random_seed=seed,
-    )
-    return written[task_name]
+    return predict_splits(task_name=task_name, model_dir=model_dir, output_dir=output_dir, model=model,
+                          budget=budget, vocab_size=vocab_size, seed=seed, splits=[budget.eval_split])[budget.eval_split]
 
 
 def predict_splits(*, task_name: str, model_dir: str, output_dir: str, model: config_lib.ModelSpec,
                    budget: config_lib.Budget, vocab_size: int, seed: int, splits: Sequence[str]) -> dict[str, str]:
-    """Decodes several splits of one task with model_dir's latest checkpoint, restoring it
-    and compiling the decoder once (an auxiliary model predicts for every split); the
-    files are `infer`'s own, OUTPUT/<task>-<split>.jsonl. Returns {split: path}."""
+    """Decodes `splits` of one task with model_dir's latest checkpoint, restoring it and
+    compiling the decoder once (an auxiliary model predicts for every split), through
+    infer's own `infer_task`: the files are `infer`'s, OUTPUT/<task>-<split>.jsonl, and
+    the budget's decoding. Returns {split: path}."""
     import pathlib
 
     from personalize_t5x.trainer import checkpoints as checkpoints_lib
@@ -238,7 +227,7 @@ def predict_splits(*, task_name: str, model_dir: str, output_dir: str, model: co
                                             evaluate_lib.model_input_shapes(shapes_cfg, trainer.partitioner.data_size))
     written = {}
     for split in splits:
-        path = pathlib.Path(out_dir) / f"{task_name}-{split}.jsonl"
+        path = pathlib.Path(out_dir) / infer_lib.prediction_file_name(task_name, split)
         infer_lib.infer_task(trainer, params, task, split=split, lengths=_lengths(budget), batch_size=batch_size,
                              output_path=path, predict_options=budget.predict_options, rng_seed=seed)
         written[split] = os.fspath(path)

@@ -240,10 +240,7 @@ def register_dataset(
             raise ValueError(f"dataset {key!r} is already registered; pass overwrite=True to replace it")
         unregister_dataset(key)
 
-    output_features = {
-        "inputs": seqio.Feature(vocabulary=vocab, add_eos=True),
-        "targets": seqio.Feature(vocabulary=vocab, add_eos=True),
-    }
+    output_features = _text_features(vocab)
     for variant, layout in layouts.items():
         # RemoveDocStart also keeps the whole document, to be scored on it.
         passthrough = PASSTHROUGH_FEATURES + ((fn.TARGET,) if layout.drop_start_from_target else ())
@@ -393,6 +390,19 @@ def _aux_dataset_fn(features_dir: str, feature_names: tuple[str, ...]):
     return dataset_fn
 
 
+def _make_room_for_task(task: str, *, overwrite: bool) -> None:
+    """Removes an earlier registration of `task` when `overwrite`, else refuses to shadow it."""
+    if task in seqio.TaskRegistry.names():
+        if not overwrite:
+            raise ValueError(f"task {task!r} is already registered; pass overwrite=True to replace it")
+        seqio.TaskRegistry.remove(task)
+
+
+def _text_features(vocab: seqio.Vocabulary) -> dict[str, seqio.Feature]:
+    return {"inputs": seqio.Feature(vocabulary=vocab, add_eos=True),
+            "targets": seqio.Feature(vocabulary=vocab, add_eos=True)}
+
+
 def register_aux_tasks(
     name: str,
     *,
@@ -411,17 +421,11 @@ def register_aux_tasks(
     """
     features_dir = os.fspath(features_dir).rstrip("/") or "/"
     vocab = resolve_vocabulary(vocabulary, features_dir, extra_ids)
-    output_features = {
-        "inputs": seqio.Feature(vocabulary=vocab, add_eos=True),
-        "targets": seqio.Feature(vocabulary=vocab, add_eos=True),
-    }
+    output_features = _text_features(vocab)
     names = {}
     for model in prompts.AUX_MODELS:
         task = aux_task_name(name, model)
-        if task in seqio.TaskRegistry.names():
-            if not overwrite:
-                raise ValueError(f"task {task!r} is already registered; pass overwrite=True to replace it")
-            seqio.TaskRegistry.remove(task)
+        _make_room_for_task(task, overwrite=overwrite)
         layout = prompts.aux_layout(model, summary_ranker=summary_ranker)
         passthrough = (fn.EXAMPLE_ID,)
         seqio.TaskRegistry.add(
@@ -477,16 +481,12 @@ def register_summarize_task(
     features_dir = os.fspath(features_dir).rstrip("/") or "/"
     vocab = resolve_vocabulary(vocabulary, features_dir, extra_ids)
     task = summarize_task_name(name)
-    if task in seqio.TaskRegistry.names():
-        if not overwrite:
-            raise ValueError(f"task {task!r} is already registered; pass overwrite=True to replace it")
-        seqio.TaskRegistry.remove(task)
+    _make_room_for_task(task, overwrite=overwrite)
     ranked = fn.ranked_text_feature(summary_ranker)
     seqio.TaskRegistry.add(
         task,
         source=seqio.FunctionDataSource(_aux_dataset_fn(features_dir, (ranked, fn.EXAMPLE_ID)), splits=SUMMARIZE_SPLITS),
-        output_features={"inputs": seqio.Feature(vocabulary=vocab, add_eos=True),
-                         "targets": seqio.Feature(vocabulary=vocab, add_eos=True)},
+        output_features=_text_features(vocab),
         preprocessors=[functools.partial(_summarize_inputs, ranked_feature=ranked), seqio.preprocessors.tokenize,
                        seqio.CacheDatasetPlaceholder(), seqio.preprocessors.append_eos_after_trim],
         metric_fns=[],

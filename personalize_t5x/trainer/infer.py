@@ -60,6 +60,11 @@ def _decode(vocabulary: Any, ids: Sequence[int]) -> Any:
     return _text(decoded)
 
 
+def prediction_file_name(task_name: str, split: str) -> str:
+    """INFER_OUTPUT_DIR/<this>: the predictions of one task split (T5X infer's naming)."""
+    return f"{task_name}-{split}.jsonl"
+
+
 def prediction_tokens(ids: Sequence[int]) -> list[int]:
     """The decoded ids up to the first padding id, EOS included (T5X infer's `prediction_tokens`)."""
     ids = [int(i) for i in ids]
@@ -153,7 +158,7 @@ def infer(
         if dataset_cfg.split not in task.splits:
             logger.warning("task %s has no split %s; skipped", task.name, dataset_cfg.split)
             continue
-        path = out_dir / f"{task.name}-{dataset_cfg.split}.jsonl"
+        path = out_dir / prediction_file_name(task.name, dataset_cfg.split)
         count = infer_task(trainer, params, task, split=dataset_cfg.split, lengths=lengths,
                            batch_size=dataset_cfg.batch_size, output_path=path,
                            predict_options=dict(predict_options or {}), rng_seed=random_seed)
