@@ -18,7 +18,7 @@ source "${here}/../common.sh"
 parse_args "$@"
 : "${SLURM_NTASKS:?not inside a SLURM job: submit with launch/gpu/submit_slurm.sh}" "${SLURM_PROCID:?}"
 : "${SLURM_JOB_NODELIST:?}"
-first_node="$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n 1)"
+first_node="$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | sed -n 1p)"  # sed reads to the end: `head` would SIGPIPE scontrol, fatal under pipefail
 coordinator="${COORDINATOR:-${first_node}:${COORDINATOR_PORT:-12345}}"
 cd "${here}/../.."
 train_flags "--gin.partitioning.PjitPartitioner.num_partitions=${NUM_PARTITIONS:-1}" "${ARGS[@]}"
